@@ -1,0 +1,195 @@
+"""The mechanism that puts a reparameterization on a layer.
+
+A reparameterized layer keeps its class's behaviour but becomes an instance of a
+subclass (``ReparametrizedConv2d`` for an ``nn.Conv2d``, made once per class)
+whose ``weight`` (and, for methods that re-express it, ``bias``) is a property
+computed by the child module ``layer.reparam`` from the trainable raw tensors it
+holds. Compared with ``torch.nn.utils.parametrize`` this keeps the cost of a
+forward to one Python property call, and it survives ``torch.save(model)``,
+``copy.deepcopy`` and ``state_dict`` round trips: the subclass pickles as "the
+original class plus its state", so nothing needs to be importable but the
+user's own layer class.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from normlab.reparam._layers import check_supported
+
+#: Name of the child module that holds a layer's reparameterization.
+REPARAM_ATTR = "reparam"
+
+_MISSING = object()
+_WRAPPED_CLASSES: dict[type[nn.Module], type[nn.Module]] = {}
+
+
+class Reparametrization(nn.Module):
+    """Base class: computes a layer's effective weight from raw tensors it owns.
+
+    Subclasses implement ``forward(layer) -> Tensor`` (the effective weight) and,
+    if ``owns_bias`` is true, ``effective_bias()``. ``layer`` is passed at call
+    time (never stored) so that no reference cycle exists between the two.
+    """
+
+    #: Short method name as in ``normlab.METHODS`` (set by each subclass).
+    method: str = ""
+    #: Whether this reparameterization also re-expresses the layer's bias.
+    owns_bias: bool = False
+    #: Whether ``observe_input`` must be called with each forward's input.
+    needs_input: bool = False
+
+    def forward(self, layer: nn.Module) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def effective_bias(self) -> Tensor | None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def observe_input(self, layer: nn.Module, x: Tensor) -> None:
+        """Hook for methods that depend on the input's shape (exact SN)."""
+
+    def raw_parameters(self) -> dict[str, Tensor]:
+        """The trainable tensors, by name (what ``remove`` replaces)."""
+        return dict(self.named_parameters(recurse=False))
+
+
+def _get_weight(self: nn.Module) -> Tensor:
+    return self._modules[REPARAM_ATTR](self)
+
+
+def _get_bias(self: nn.Module) -> Tensor | None:
+    reparam = self._modules[REPARAM_ATTR]
+    if reparam.owns_bias:
+        return reparam.effective_bias()
+    params = self._parameters
+    if "bias" in params:
+        return params["bias"]
+    raise AttributeError("bias")
+
+
+def _set_weight(self: nn.Module, value: Any) -> None:
+    raise AttributeError(
+        f"the weight of this {type(self).__name__} is computed by its "
+        f"'{self._modules[REPARAM_ATTR].method}' reparameterization; set the raw "
+        f"tensors in .{REPARAM_ATTR} instead, or call normlab.remove() first"
+    )
+
+
+def _forward(self: nn.Module, input: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+    reparam = self._modules[REPARAM_ATTR]
+    if reparam.needs_input:
+        reparam.observe_input(self, input)
+    return self._normlab_base.forward(self, input, *args, **kwargs)
+
+
+def _reduce_ex(self: nn.Module, protocol: int) -> tuple:
+    # Pickle and deepcopy as (create an instance of the original class, then set state).
+    return (_new_reparametrized, (self._normlab_base,), self.__dict__.copy())
+
+
+def _new_reparametrized(base: type[nn.Module]) -> nn.Module:
+    """Unpickling helper: an empty instance of the wrapped subclass of ``base``."""
+    obj = base.__new__(base)
+    obj.__class__ = wrapped_class(base)
+    return obj
+
+
+def wrapped_class(base: type[nn.Module]) -> type[nn.Module]:
+    """The reparameterized subclass of layer class ``base`` (made once, then cached)."""
+    cls = _WRAPPED_CLASSES.get(base)
+    if cls is None:
+        namespace = {
+            "_normlab_base": base,
+            "weight": property(_get_weight, _set_weight, doc="Effective weight."),
+            "bias": property(_get_bias, doc="Effective bias (None where the layer has none)."),
+            "forward": _forward,
+            "__reduce_ex__": _reduce_ex,
+            "__module__": base.__module__,
+        }
+        cls = type(f"Reparametrized{base.__name__}", (base,), namespace)
+        _WRAPPED_CLASSES[base] = cls
+    return cls
+
+
+def is_reparametrized(module: nn.Module) -> bool:
+    """Whether ``module`` carries a normlab reparameterization."""
+    return REPARAM_ATTR in module._modules and hasattr(type(module), "_normlab_base")
+
+
+def reparametrization_of(module: nn.Module) -> Reparametrization | None:
+    """The ``Reparametrization`` of ``module``, or None."""
+    return module._modules[REPARAM_ATTR] if is_reparametrized(module) else None
+
+
+def check_can_register(module: nn.Module, name: str = "") -> None:
+    """Raise a clear error if ``module`` cannot take a (new) reparameterization."""
+    where = f"layer '{name}'" if name else f"this {type(module).__name__}"
+    check_supported(module, name)
+    if is_reparametrized(module):
+        method = module._modules[REPARAM_ATTR].method
+        raise ValueError(
+            f"{where} already has the '{method}' reparameterization; one layer takes one "
+            f"method: call normlab.remove() on it first"
+        )
+    if torch.nn.utils.parametrize.is_parametrized(module):
+        raise ValueError(
+            f"{where} carries a torch.nn.utils.parametrize parametrization; remove it "
+            f"(torch.nn.utils.parametrize.remove_parametrizations) before using normlab"
+        )
+    if "weight_orig" in module._parameters or "weight_g" in module._parameters:
+        raise ValueError(
+            f"{where} carries PyTorch's hook-based spectral_norm/weight_norm; remove it "
+            f"(torch.nn.utils.remove_spectral_norm / remove_weight_norm) before using normlab"
+        )
+    weight = module._parameters.get("weight")
+    if weight is None:
+        raise ValueError(f"{where} has no weight parameter to reparameterize")
+    if not torch.isfinite(weight).all():
+        bad = int((~torch.isfinite(weight)).sum())
+        raise ValueError(f"{where} has {bad} non-finite (NaN/Inf) weight entries; refusing to register")
+
+
+def register(module: nn.Module, reparam: Reparametrization) -> nn.Module:
+    """Attach ``reparam`` to ``module``; its raw tensors must already be in ``reparam``.
+
+    Removes ``weight`` (and ``bias`` where ``reparam.owns_bias``) from the layer's own
+    parameters, since ``reparam`` now holds them.
+    """
+    del module._parameters["weight"]
+    if reparam.owns_bias and "bias" in module._parameters:
+        del module._parameters["bias"]
+    module.add_module(REPARAM_ATTR, reparam)
+    module.__class__ = wrapped_class(type(module))
+    return module
+
+
+@torch.no_grad()
+def unregister(module: nn.Module) -> nn.Module:
+    """Bake the current effective weight (and bias) into plain parameters.
+
+    The effective tensors are read with the reparameterization in eval mode, so
+    no power-iteration step happens and the layer's eval output is unchanged.
+    """
+    reparam: Reparametrization = module._modules[REPARAM_ATTR]
+    was_training = reparam.training
+    reparam.eval()
+    try:
+        weight = module.weight.detach().clone()
+        bias = reparam.effective_bias().detach().clone() if reparam.owns_bias else None
+    finally:
+        reparam.train(was_training)
+    requires_grad = any(p.requires_grad for p in reparam.parameters())
+    if reparam.owns_bias:
+        new_bias = None if bias is None else nn.Parameter(bias, requires_grad=requires_grad)
+    else:
+        new_bias = module._parameters.pop("bias", _MISSING)
+    module.__class__ = module._normlab_base
+    del module._modules[REPARAM_ATTR]
+    # Rebuild the parameters in PyTorch's order: weight, then bias.
+    module._parameters["weight"] = nn.Parameter(weight, requires_grad=requires_grad)
+    if new_bias is not _MISSING:
+        module._parameters["bias"] = new_bias
+    return module

@@ -1,0 +1,263 @@
+"""Spectral normalization (Miyato et al., ICLR 2018) and the variants of Lin et al. (NeurIPS 2021).
+
+One power-iteration engine serves four methods::
+
+    SN     W_eff =     W / sigma(W_mat)                      W_mat = W.reshape(out, -1)
+    BSN    W_eff =     W / ((sigma(W_mat) + sigma(W_mat_t)) / 2)  W_mat_t = (in, out*k*k)
+    SSN    W_eff = c * W / sigma(W_mat)
+    BSSN   W_eff = c * W / ((sigma(W_mat) + sigma(W_mat_t)) / 2)
+
+``sigma(M)`` is the largest singular value of ``M``, estimated by power iteration with
+persistent vectors ``u``, ``v`` (one step per training forward)::
+
+    v <- normalize(M^T u),   u <- normalize(M v),   sigma = u^T M v
+
+Gradients flow through ``sigma`` (``u`` and ``v`` are constants of the step). In eval
+mode the vectors are frozen. At registration the vectors are warmed up with
+``WARMUP_ITERATIONS`` steps, so that eval before any training forward is already right.
+
+Why it works (Lin et al.): dividing by ``sigma`` bounds the discriminator's Lipschitz
+constant, so its gradients cannot explode; and since ``sigma(W_mat)`` of a random
+matrix grows like ``sqrt(fan_in)``, SN keeps each layer's weights near the LeCun-init
+scale ``std ~ 1/sqrt(fan_in)`` *throughout* training, so its gradients do not vanish.
+BSN averages in the transposed reshape (Xavier's fan-in/fan-out average); the
+constant ``c`` of SSN/BSSN plays the part of Kaiming's gain.
+
+``ExactSpectralNorm`` divides instead by the operator norm of the convolution itself
+(stride, padding and dilation included) on the input shape it is called with, by power
+iteration through the conv and its adjoint. That norm is larger than the reshaped
+matrix's, so exact ("strict") SN shrinks conv layers more: the vanishing gradients
+Lin et al. blame for its poor results out of the box.
+
+Example::
+
+    >>> import torch.nn as nn, normlab as nl
+    >>> conv = nl.spectral_norm(nn.Conv2d(64, 128, 3), bidirectional=True, scale=1.2)
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from normlab.reparam._layers import as_matrix, input_shape_of, linear_map, output_dim
+from normlab.reparam._wrap import Reparametrization, check_can_register, register
+
+#: Power-iteration steps run at registration (PyTorch's parametrization uses 15 too).
+WARMUP_ITERATIONS = 15
+
+
+def _normalize(x: Tensor, eps: float) -> Tensor:
+    return F.normalize(x, dim=0, eps=eps)
+
+
+class SpectralNorm(Reparametrization):
+    """``W_eff = scale * W / sigma``, sigma from one or (bidirectional) two reshapes of ``W``.
+
+    Buffers ``u0, v0`` hold the power vectors of ``W.reshape(out, -1)``; with
+    ``bidirectional`` also ``u1, v1`` for the transposed reshape ``(in, out * k * k)``.
+    """
+
+    def __init__(
+        self, weight: nn.Parameter, out_dim: int, n_power_iterations: int, eps: float,
+        scale: float, bidirectional: bool,
+    ) -> None:
+        super().__init__()
+        self.raw_weight = weight
+        self.out_dim = out_dim
+        self.n_power_iterations = n_power_iterations
+        self.eps = eps
+        self.scale = scale
+        self.bidirectional = bidirectional
+        self.method = ("bssn" if scale != 1.0 else "bsn") if bidirectional else (
+            "ssn" if scale != 1.0 else "sn"
+        )
+        # Row dims of the matrices whose sigma is used: the output dim, then the input dim.
+        self._row_dims = (out_dim, 1 - out_dim) if bidirectional else (out_dim,)
+        with torch.no_grad():
+            for i, row_dim in enumerate(self._row_dims):
+                mat = as_matrix(weight.detach(), row_dim)
+                u = _normalize(torch.randn(mat.shape[0], dtype=mat.dtype, device=mat.device), eps)
+                v = _normalize(mat.t().mv(u), eps)
+                self.register_buffer(f"u{i}", u)
+                self.register_buffer(f"v{i}", v)
+            self._power_iteration(WARMUP_ITERATIONS)
+        #: The last sigma estimates (detached), one per reshape; for the instruments.
+        self.last_sigmas: tuple[Tensor, ...] = ()
+
+    @torch.no_grad()
+    def _power_iteration(self, n: int) -> None:
+        weight = self.raw_weight.detach()
+        for i, row_dim in enumerate(self._row_dims):
+            mat = as_matrix(weight, row_dim)
+            u, v = getattr(self, f"u{i}"), getattr(self, f"v{i}")
+            for _ in range(n):
+                # In place, so the buffers stay the same tensors (DDP, state_dict).
+                torch.mv(mat.t(), u, out=v)
+                v.copy_(_normalize(v, self.eps))
+                torch.mv(mat, v, out=u)
+                u.copy_(_normalize(u, self.eps))
+
+    def sigmas(self, weight: Tensor | None = None) -> list[Tensor]:
+        """Differentiable ``u^T M v`` for each reshape ``M`` of ``weight`` (default: the raw one)."""
+        weight = self.raw_weight if weight is None else weight
+        out = []
+        for i, row_dim in enumerate(self._row_dims):
+            # Clones: the buffers are updated in place by later forwards (a layer used twice
+            # in one step, or DDP's buffer broadcast) while autograd still needs these values.
+            u = getattr(self, f"u{i}").clone(memory_format=torch.contiguous_format)
+            v = getattr(self, f"v{i}").clone(memory_format=torch.contiguous_format)
+            out.append(torch.dot(u, as_matrix(weight, row_dim).mv(v)))
+        return out
+
+    def forward(self, layer: nn.Module) -> Tensor:
+        if self.training:
+            self._power_iteration(self.n_power_iterations)
+        weight = self.raw_weight
+        sigmas = self.sigmas(weight)
+        sigma = sigmas[0] if len(sigmas) == 1 else (sigmas[0] + sigmas[1]) / 2
+        self.last_sigmas = tuple(s.detach() for s in sigmas)
+        return weight * (self.scale / sigma.clamp_min(self.eps))
+
+    def effective_bias(self) -> Tensor | None:  # pragma: no cover - owns_bias is False
+        return None
+
+    def extra_repr(self) -> str:
+        return (
+            f"method={self.method}, scale={self.scale:g}, bidirectional={self.bidirectional}, "
+            f"n_power_iterations={self.n_power_iterations}"
+        )
+
+
+class ExactSpectralNorm(Reparametrization):
+    """``W_eff = scale * W / ||A_W||``: the operator norm of the layer's map on its input shape.
+
+    The buffer ``v`` is a unit vector of one input's shape ``(1, C, *spatial)``; it is
+    (re)initialised and warmed up whenever the layer sees a new input shape, and takes
+    one step of power iteration on ``A^T A`` per training forward. ``sigma = ||A_W v||``
+    is differentiable in ``W``.
+    """
+
+    method = "sn_exact"
+    needs_input = True
+
+    def __init__(self, weight: nn.Parameter, n_power_iterations: int, eps: float, scale: float) -> None:
+        super().__init__()
+        self.raw_weight = weight
+        self.n_power_iterations = n_power_iterations
+        self.eps = eps
+        self.scale = scale
+        self.register_buffer("v", torch.empty(0, dtype=weight.dtype, device=weight.device))
+        self.last_sigmas: tuple[Tensor, ...] = ()
+
+    @property
+    def input_shape(self) -> tuple[int, ...] | None:
+        """The per-sample input shape the current estimate belongs to (None before any)."""
+        return tuple(self.v.shape[1:]) if self.v.numel() else None
+
+    def observe_input(self, layer: nn.Module, x: Tensor) -> None:
+        shape = input_shape_of(layer, x)
+        if shape != self.input_shape:
+            self.reset(layer, shape)
+
+    @torch.no_grad()
+    def reset(self, layer: nn.Module, input_shape: tuple[int, ...]) -> None:
+        """Start the estimate over for inputs of ``input_shape`` (one sample, no batch dim)."""
+        weight = self.raw_weight.detach()
+        v = torch.randn((1, *input_shape), dtype=weight.dtype, device=weight.device)
+        self.v = v / v.norm().clamp_min(self.eps)
+        self._power_iteration(layer, WARMUP_ITERATIONS)
+
+    @torch.no_grad()
+    def _power_iteration(self, layer: nn.Module, n: int) -> None:
+        fn = linear_map(layer, self.raw_weight.detach())
+        v = self.v
+        for _ in range(n):
+            with torch.enable_grad():
+                x = v.detach().requires_grad_(True)
+                y = fn(x)
+                (v,) = torch.autograd.grad(y, x, y.detach())
+            v = v / v.norm().clamp_min(self.eps)
+        self.v.copy_(v)
+
+    def forward(self, layer: nn.Module) -> Tensor:
+        if self.input_shape is None:
+            raise RuntimeError(
+                "the exact spectral norm of this layer depends on its input shape, which it has "
+                "not seen yet: call the model on a batch first (or use method 'sn')"
+            )
+        if self.training:
+            self._power_iteration(layer, self.n_power_iterations)
+        weight = self.raw_weight
+        v = self.v.clone(memory_format=torch.contiguous_format)
+        sigma = linear_map(layer, weight)(v).norm()
+        self.last_sigmas = (sigma.detach(),)
+        return weight * (self.scale / sigma.clamp_min(self.eps))
+
+    def effective_bias(self) -> Tensor | None:  # pragma: no cover - owns_bias is False
+        return None
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001
+        # The vector's shape is only known once an input was seen: take the saved one's.
+        saved = state_dict.get(prefix + "v")
+        if saved is not None and saved.shape != self.v.shape:
+            self.v = torch.empty_like(saved, device=self.v.device, dtype=self.v.dtype)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale:g}, input_shape={self.input_shape}"
+
+
+def _check_number(name: str, value: float, where: str, integer: bool = False) -> None:
+    ok_type = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, ok_type):
+        kind = "a positive integer" if integer else "a positive number"
+        raise TypeError(f"{name} must be {kind}, got {value!r} ({where})")
+    if not math.isfinite(value) or value <= 0:
+        kind = "a positive integer" if integer else "a positive finite number"
+        raise ValueError(f"{name} must be {kind}, got {value!r} ({where})")
+
+
+def spectral_norm(
+    module: nn.Module,
+    n_power_iterations: int = 1,
+    eps: float = 1e-12,
+    scale: float = 1.0,
+    bidirectional: bool = False,
+    exact: bool = False,
+    *,
+    name: str = "",
+) -> nn.Module:
+    """Put spectral normalization (or a variant) on one layer; returns the layer.
+
+    Args:
+        module: a Linear, ConvNd, ConvTransposeNd or Embedding layer.
+        n_power_iterations: power-iteration steps per training forward.
+        eps: added safety in vector normalisation and the division by sigma.
+        scale: the constant ``c`` of SSN/BSSN multiplying the normalised weight.
+        bidirectional: BSN: divide by the mean of the sigmas of the ``(out, in*k*k)`` and
+            ``(in, out*k*k)`` reshapes (the same as SN for Linear and Embedding).
+        exact: divide by the operator norm of the layer's map on the input shape it is
+            called with (for Linear and Embedding that is SN itself).
+        name: the layer's qualified name, used in error messages.
+    """
+    where = f"layer '{name}'" if name else type(module).__name__
+    _check_number("n_power_iterations", n_power_iterations, where, integer=True)
+    _check_number("eps", eps, where)
+    _check_number("scale", scale, where)
+    if exact and bidirectional:
+        raise ValueError(f"exact and bidirectional spectral norms cannot be combined ({where})")
+    check_can_register(module, name)
+    weight: nn.Parameter = module._parameters["weight"]
+    if exact and not isinstance(module, nn.Linear | nn.Embedding):
+        reparam: Reparametrization = ExactSpectralNorm(weight, n_power_iterations, eps, float(scale))
+    else:
+        reparam = SpectralNorm(
+            weight, output_dim(module), n_power_iterations, eps, float(scale), bidirectional
+        )
+        if exact:
+            reparam.method = "sn_exact"
+    return register(module, reparam)
