@@ -1,0 +1,1 @@
+"""Data sources, independent of training: mixtures, bundled and user image data."""
