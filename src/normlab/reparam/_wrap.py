@@ -13,10 +13,13 @@ user's own layer class.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
 from normlab.reparam._layers import check_supported
 
@@ -42,6 +45,20 @@ class Reparametrization(nn.Module):
     #: Whether ``observe_input`` must be called with each forward's input.
     needs_input: bool = False
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._weight_grad_hooks: OrderedDict[int, Callable[[Tensor], Any]] = OrderedDict()
+
+    def add_weight_grad_hook(self, fn: Callable[[Tensor], Any]) -> RemovableHandle:
+        """Call ``fn(grad)`` with the gradient w.r.t. the *effective* weight of each forward.
+
+        A layer used twice before one backward calls ``fn`` twice (the total gradient is
+        their sum). Returns a handle whose ``remove()`` detaches ``fn``.
+        """
+        handle = RemovableHandle(self._weight_grad_hooks)
+        self._weight_grad_hooks[handle.id] = fn
+        return handle
+
     def forward(self, layer: nn.Module) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -57,7 +74,12 @@ class Reparametrization(nn.Module):
 
 
 def _get_weight(self: nn.Module) -> Tensor:
-    return self._modules[REPARAM_ATTR](self)
+    reparam = self._modules[REPARAM_ATTR]
+    weight = reparam(self)
+    if reparam._weight_grad_hooks and weight.requires_grad:
+        for fn in reparam._weight_grad_hooks.values():
+            weight.register_hook(fn)
+    return weight
 
 
 def _get_bias(self: nn.Module) -> Tensor | None:
