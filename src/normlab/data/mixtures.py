@@ -64,4 +64,6 @@ def get_mixture(name: str) -> MixtureSpec:
     try:
         return MIXTURES[name]
     except KeyError:
-        raise ValueError(f"unknown mixture {name!r}; choose one of: {', '.join(MIXTURES)}") from None
+        raise ValueError(
+            f"unknown mixture {name!r}; choose one of: {', '.join(MIXTURES)}"
+        ) from None

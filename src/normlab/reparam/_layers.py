@@ -176,7 +176,9 @@ def operator_norm(
     return sigma
 
 
-def power_step(fn: Callable[[Tensor], Tensor], x: Tensor, eps: float = 1e-12) -> tuple[Tensor, float]:
+def power_step(
+    fn: Callable[[Tensor], Tensor], x: Tensor, eps: float = 1e-12
+) -> tuple[Tensor, float]:
     """One power-iteration step on ``A^T A`` from unit vector ``x``: ``(new x, ||A x||)``."""
     with torch.enable_grad():
         xg = x.detach().requires_grad_(True)

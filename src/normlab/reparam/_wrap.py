@@ -27,6 +27,7 @@ from normlab.reparam._layers import check_supported
 REPARAM_ATTR = "reparam"
 
 _MISSING = object()
+_CACHE_ENABLED = True
 _WRAPPED_CLASSES: dict[type[nn.Module], type[nn.Module]] = {}
 
 
@@ -36,6 +37,23 @@ class Reparametrization(nn.Module):
     Subclasses implement ``forward(layer) -> Tensor`` (the effective weight) and,
     if ``owns_bias`` is true, ``effective_bias()``. ``layer`` is passed at call
     time (never stored) so that no reference cycle exists between the two.
+
+    ``effective_weight`` wraps ``forward`` with what every method shares:
+
+    * the arithmetic runs in float32 even under autocast (a power iteration in
+      bfloat16 would give sigma to two digits); the layer casts the result as usual;
+    * forwards that share one backward share one computed weight: the result is
+      *cached* until the raw tensors change (their version counter: an optimizer step,
+      ``load_state_dict``), a backward pass has gone through it, or grad mode / train
+      mode changes. A discriminator called on the real and the fake batch before one
+      backward therefore takes one power-iteration step, from the D(real) pass, as the
+      BSN reference code does, and the backward through the normalization runs once.
+      Calling backward after each forward (``loss_real.backward();
+      loss_fake.backward()``) works as usual: the first backward invalidates the cache.
+      Training-mode forwards without grad are never cached, so
+      ``with torch.no_grad(): model(x)`` repeated keeps refining the estimate, one
+      step per forward. ``normlab.reparam.set_weight_cache(False)`` turns caching
+      off globally; it is off while ``torch.compile`` traces.
     """
 
     #: Short method name as in ``normlab.METHODS`` (set by each subclass).
@@ -48,12 +66,15 @@ class Reparametrization(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self._weight_grad_hooks: OrderedDict[int, Callable[[Tensor], Any]] = OrderedDict()
+        self._cached: Tensor | None = None
+        self._cached_key: tuple | None = None
 
     def add_weight_grad_hook(self, fn: Callable[[Tensor], Any]) -> RemovableHandle:
-        """Call ``fn(grad)`` with the gradient w.r.t. the *effective* weight of each forward.
+        """Call ``fn(grad)`` with the gradient w.r.t. the *effective* weight.
 
-        A layer used twice before one backward calls ``fn`` twice (the total gradient is
-        their sum). Returns a handle whose ``remove()`` detaches ``fn``.
+        ``fn`` is called once per backward pass through a computed weight, with the
+        total gradient (a layer used on two batches before one backward gets their
+        sum). Returns a handle whose ``remove()`` detaches ``fn``.
         """
         handle = RemovableHandle(self._weight_grad_hooks)
         self._weight_grad_hooks[handle.id] = fn
@@ -68,18 +89,64 @@ class Reparametrization(nn.Module):
     def observe_input(self, layer: nn.Module, x: Tensor) -> None:
         """Hook for methods that depend on the input's shape (exact SN)."""
 
-    def raw_parameters(self) -> dict[str, Tensor]:
-        """The trainable tensors, by name (what ``remove`` replaces)."""
-        return dict(self.named_parameters(recurse=False))
+    def _cache_key(self) -> tuple | None:
+        grad = torch.is_grad_enabled()
+        if not _CACHE_ENABLED or (self.training and not grad) or torch.compiler.is_compiling():
+            return None
+        try:
+            state = tuple(
+                (t.data_ptr(), t._version)
+                for t in (*self._parameters.values(), *self._buffers.values())
+                if t is not None
+            )
+        except RuntimeError:  # inference tensors have no version counter
+            return None
+        return (state, grad, self.training)
+
+    def _invalidate(self, grad: Tensor | None = None) -> None:
+        self._cached = None
+        self._cached_key = None
+
+    def effective_weight(self, layer: nn.Module) -> Tensor:
+        """The effective weight: ``forward(layer)`` in float32, cached (see the class doc)."""
+        key = self._cache_key()
+        if key is not None and key == self._cached_key:
+            return self._cached
+        with torch.autocast(device_type=_device_type(self), enabled=False):
+            weight = self(layer)
+        if weight.requires_grad:
+            weight.register_hook(self._invalidate)
+            for fn in self._weight_grad_hooks.values():
+                weight.register_hook(fn)
+        if key is not None:
+            # The forward may have updated buffers in place (power iteration): key after it.
+            self._cached, self._cached_key = weight, self._cache_key()
+        return weight
+
+    def __getstate__(self) -> dict:
+        # Neither the cached non-leaf tensor nor the instruments' hooks are part of the state.
+        state = self.__dict__.copy()
+        state["_cached"] = None
+        state["_cached_key"] = None
+        state["_weight_grad_hooks"] = OrderedDict()
+        return state
+
+
+def set_weight_cache(enabled: bool) -> None:
+    """Turn the per-update cache of effective weights on (default) or off, globally."""
+    global _CACHE_ENABLED
+    _CACHE_ENABLED = bool(enabled)
+
+
+def _device_type(module: nn.Module) -> str:
+    for t in module._parameters.values():
+        if t is not None:
+            return t.device.type
+    return "cpu"
 
 
 def _get_weight(self: nn.Module) -> Tensor:
-    reparam = self._modules[REPARAM_ATTR]
-    weight = reparam(self)
-    if reparam._weight_grad_hooks and weight.requires_grad:
-        for fn in reparam._weight_grad_hooks.values():
-            weight.register_hook(fn)
-    return weight
+    return self._modules[REPARAM_ATTR].effective_weight(self)
 
 
 def _get_bias(self: nn.Module) -> Tensor | None:
@@ -171,7 +238,9 @@ def check_can_register(module: nn.Module, name: str = "") -> None:
         raise ValueError(f"{where} has no weight parameter to reparameterize")
     if not torch.isfinite(weight).all():
         bad = int((~torch.isfinite(weight)).sum())
-        raise ValueError(f"{where} has {bad} non-finite (NaN/Inf) weight entries; refusing to register")
+        raise ValueError(
+            f"{where} has {bad} non-finite (NaN/Inf) weight entries; refusing to register"
+        )
 
 
 def register(module: nn.Module, reparam: Reparametrization) -> nn.Module:

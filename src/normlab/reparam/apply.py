@@ -54,7 +54,9 @@ def _method_kwargs(method: str, kwargs: dict[str, Any]) -> tuple[Callable[..., n
     for key, value in kwargs.items():
         if key in fixed and fixed[key] != value:
             hint = " (use 'ssn' or 'bssn' for a scale other than 1)" if key == "scale" else ""
-            raise ValueError(f"method '{method}' fixes {key}={fixed[key]!r}; got {key}={value!r}{hint}")
+            raise ValueError(
+                f"method '{method}' fixes {key}={fixed[key]!r}; got {key}={value!r}{hint}"
+            )
         if key not in allowed:
             raise TypeError(
                 f"method '{method}' takes no argument {key!r}; it accepts: "
@@ -146,7 +148,11 @@ def _restore(layer: nn.Module, snap: tuple) -> None:
     """Undo a partial ``apply`` on ``layer`` (class, parameters and their values)."""
     cls, params, modules, buffers, values = snap
     layer.__class__ = cls
-    for store, saved in ((layer._parameters, params), (layer._modules, modules), (layer._buffers, buffers)):
+    for store, saved in (
+        (layer._parameters, params),
+        (layer._modules, modules),
+        (layer._buffers, buffers),
+    ):
         store.clear()
         store.update(saved)
     for k, v in values.items():
@@ -169,5 +175,7 @@ def remove(model: nn.Module) -> nn.Module:
 def methods_of(model: nn.Module) -> dict[str, str]:
     """``{qualified layer name: method}`` for every reparameterized layer of ``model``."""
     return {
-        name: layer.reparam.method for name, layer in model.named_modules() if is_reparametrized(layer)
+        name: layer.reparam.method
+        for name, layer in model.named_modules()
+        if is_reparametrized(layer)
     }

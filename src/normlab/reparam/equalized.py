@@ -42,13 +42,18 @@ from normlab.reparam._wrap import Reparametrization, check_can_register, registe
 
 
 class EqualizedLR(Reparametrization):
-    """``W_eff = W_raw * gain * lr_multiplier / sqrt(fan_in)``, ``b_eff = b_raw * lr_multiplier``."""
+    """``W_eff = W_raw * gain * lr_mul / sqrt(fan_in)``; ``b_eff = b_raw * lr_mul``."""
 
     method = "eqlr"
 
     def __init__(
-        self, weight: nn.Parameter, bias: nn.Parameter | None, fan_in: int, gain: float,
-        lr_multiplier: float, owns_bias: bool,
+        self,
+        weight: nn.Parameter,
+        bias: nn.Parameter | None,
+        fan_in: int,
+        gain: float,
+        lr_multiplier: float,
+        owns_bias: bool,
     ) -> None:
         super().__init__()
         self.raw_weight = weight

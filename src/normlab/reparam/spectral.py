@@ -62,8 +62,13 @@ class SpectralNorm(Reparametrization):
     """
 
     def __init__(
-        self, weight: nn.Parameter, out_dim: int, n_power_iterations: int, eps: float,
-        scale: float, bidirectional: bool,
+        self,
+        weight: nn.Parameter,
+        out_dim: int,
+        n_power_iterations: int,
+        eps: float,
+        scale: float,
+        bidirectional: bool,
     ) -> None:
         super().__init__()
         self.raw_weight = weight
@@ -72,8 +77,10 @@ class SpectralNorm(Reparametrization):
         self.eps = eps
         self.scale = scale
         self.bidirectional = bidirectional
-        self.method = ("bssn" if scale != 1.0 else "bsn") if bidirectional else (
-            "ssn" if scale != 1.0 else "sn"
+        self.method = (
+            ("bssn" if scale != 1.0 else "bsn")
+            if bidirectional
+            else ("ssn" if scale != 1.0 else "sn")
         )
         # Row dims of the matrices whose sigma is used: the output dim, then the input dim.
         self._row_dims = (out_dim, 1 - out_dim) if bidirectional else (out_dim,)
@@ -102,7 +109,7 @@ class SpectralNorm(Reparametrization):
                 u.copy_(_normalize(u, self.eps))
 
     def sigmas(self, weight: Tensor | None = None) -> list[Tensor]:
-        """Differentiable ``u^T M v`` for each reshape ``M`` of ``weight`` (default: the raw one)."""
+        """Differentiable ``u^T M v`` for each reshape ``M`` of ``weight`` (default: raw)."""
         weight = self.raw_weight if weight is None else weight
         out = []
         for i, row_dim in enumerate(self._row_dims):
@@ -144,7 +151,9 @@ class ExactSpectralNorm(Reparametrization):
     method = "sn_exact"
     needs_input = True
 
-    def __init__(self, weight: nn.Parameter, n_power_iterations: int, eps: float, scale: float) -> None:
+    def __init__(
+        self, weight: nn.Parameter, n_power_iterations: int, eps: float, scale: float
+    ) -> None:
         super().__init__()
         self.raw_weight = weight
         self.n_power_iterations = n_power_iterations
@@ -200,7 +209,7 @@ class ExactSpectralNorm(Reparametrization):
     def effective_bias(self) -> Tensor | None:  # pragma: no cover - owns_bias is False
         return None
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # The vector's shape is only known once an input was seen: take the saved one's.
         saved = state_dict.get(prefix + "v")
         if saved is not None and saved.shape != self.v.shape:
@@ -253,7 +262,9 @@ def spectral_norm(
     check_can_register(module, name)
     weight: nn.Parameter = module._parameters["weight"]
     if exact and not isinstance(module, nn.Linear | nn.Embedding):
-        reparam: Reparametrization = ExactSpectralNorm(weight, n_power_iterations, eps, float(scale))
+        reparam: Reparametrization = ExactSpectralNorm(
+            weight, n_power_iterations, eps, float(scale)
+        )
     else:
         reparam = SpectralNorm(
             weight, output_dim(module), n_power_iterations, eps, float(scale), bidirectional

@@ -89,7 +89,9 @@ def weight_norm(module: nn.Module, dim: int | None = 0, *, name: str = "") -> nn
         )
     dim = dim % weight.dim()
     if (norm_except_dim(weight.detach(), dim) == 0).any():
-        raise ValueError(f"{where} has an all-zero weight slice along dim {dim}: its direction is undefined")
+        raise ValueError(
+            f"{where} has an all-zero weight slice along dim {dim}: its direction is undefined"
+        )
     return register(module, WeightNorm(weight, dim))
 
 
@@ -99,7 +101,9 @@ def _channel_stats(t: Tensor, channel_dim: int) -> tuple[Tensor, Tensor]:
 
 
 @torch.no_grad()
-def data_init(model: nn.Module, *batch: Tensor, init_scale: float = 1.0, eps: float = 1e-8) -> nn.Module:
+def data_init(
+    model: nn.Module, *batch: Tensor, init_scale: float = 1.0, eps: float = 1e-8
+) -> nn.Module:
     """Data-dependent init of every weight-normalized layer of ``model`` on one batch.
 
     Runs ``model(*batch)`` once. As each weight-normalized layer is reached (forward
@@ -115,7 +119,9 @@ def data_init(model: nn.Module, *batch: Tensor, init_scale: float = 1.0, eps: fl
     layers = [
         (n, m)
         for n, m in model.named_modules()
-        if is_reparametrized(m) and isinstance(m.reparam, WeightNorm) and not isinstance(m, nn.Embedding)
+        if is_reparametrized(m)
+        and isinstance(m.reparam, WeightNorm)
+        and not isinstance(m, nn.Embedding)
     ]
     if not layers:
         raise ValueError(
@@ -129,7 +135,9 @@ def data_init(model: nn.Module, *batch: Tensor, init_scale: float = 1.0, eps: fl
             return None
         done.add(id(layer))
         reparam: WeightNorm = layer.reparam
-        channel_dim = output.dim() - 1 if isinstance(layer, nn.Linear) else (1 if output.dim() > 1 else 0)
+        channel_dim = (
+            output.dim() - 1 if isinstance(layer, nn.Linear) else (1 if output.dim() > 1 else 0)
+        )
         if not isinstance(layer, nn.Linear) and output.dim() == len(layer.kernel_size) + 1:
             channel_dim = 0  # unbatched conv input
         bias = layer.bias
