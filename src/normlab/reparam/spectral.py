@@ -43,7 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from normlab.reparam._layers import as_matrix, input_shape_of, linear_map, output_dim
+from normlab.reparam._layers import input_shape_of, linear_map, output_dim
+from normlab.reparam._power import as3d, mat_t_vec, normalize_weight, power_step_, sigma_of
 from normlab.reparam._wrap import Reparametrization, check_can_register, register
 
 #: Power-iteration steps run at registration (PyTorch's parametrization uses 15 too).
@@ -85,49 +86,57 @@ class SpectralNorm(Reparametrization):
         # Row dims of the matrices whose sigma is used: the output dim, then the input dim.
         self._row_dims = (out_dim, 1 - out_dim) if bidirectional else (out_dim,)
         with torch.no_grad():
+            w3 = as3d(weight.detach())
             for i, row_dim in enumerate(self._row_dims):
-                mat = as_matrix(weight.detach(), row_dim)
-                u = _normalize(torch.randn(mat.shape[0], dtype=mat.dtype, device=mat.device), eps)
-                v = _normalize(mat.t().mv(u), eps)
+                rows = w3.shape[row_dim]
+                u = _normalize(torch.randn(rows, dtype=w3.dtype, device=w3.device), eps)
+                v = _normalize(mat_t_vec(w3, row_dim, u), eps)
                 self.register_buffer(f"u{i}", u)
                 self.register_buffer(f"v{i}", v)
-            self._power_iteration(WARMUP_ITERATIONS)
+        self._power_iteration(WARMUP_ITERATIONS)
         #: The last sigma estimates (detached), one per reshape; for the instruments.
         self.last_sigmas: tuple[Tensor, ...] = ()
 
-    @torch.no_grad()
-    def _power_iteration(self, n: int) -> None:
-        weight = self.raw_weight.detach()
-        for i, row_dim in enumerate(self._row_dims):
-            mat = as_matrix(weight, row_dim)
-            u, v = getattr(self, f"u{i}"), getattr(self, f"v{i}")
-            for _ in range(n):
-                # In place, so the buffers stay the same tensors (DDP, state_dict).
-                torch.mv(mat.t(), u, out=v)
-                v.copy_(_normalize(v, self.eps))
-                torch.mv(mat, v, out=u)
-                u.copy_(_normalize(u, self.eps))
+    def _vectors(self) -> list[Tensor]:
+        return [
+            t
+            for i in range(len(self._row_dims))
+            for t in (self._buffers[f"u{i}"], self._buffers[f"v{i}"])
+        ]
 
-    def sigmas(self, weight: Tensor | None = None) -> list[Tensor]:
-        """Differentiable ``u^T M v`` for each reshape ``M`` of ``weight`` (default: raw)."""
-        weight = self.raw_weight if weight is None else weight
-        out = []
+    @torch.no_grad()
+    def _power_iteration(self, n: int) -> tuple[Tensor, ...]:
+        """``n`` steps on every reshape (buffers updated in place); returns the sigmas."""
+        w3 = as3d(self.raw_weight.detach())
+        vectors = self._vectors()
+        sigmas = []
         for i, row_dim in enumerate(self._row_dims):
-            # Clones: the buffers are updated in place by later forwards (a layer used twice
-            # in one step, or DDP's buffer broadcast) while autograd still needs these values.
-            u = getattr(self, f"u{i}").clone(memory_format=torch.contiguous_format)
-            v = getattr(self, f"v{i}").clone(memory_format=torch.contiguous_format)
-            out.append(torch.dot(u, as_matrix(weight, row_dim).mv(v)))
-        return out
+            u, v = vectors[2 * i], vectors[2 * i + 1]
+            for _ in range(n):
+                sigma = power_step_(w3, row_dim, u, v, self.eps)
+            sigmas.append(sigma)
+        return tuple(sigmas)
+
+    @torch.no_grad()
+    def current_sigmas(self) -> tuple[Tensor, ...]:
+        """``u_i^T M_i v_i`` for each reshape, from the current vectors (no step)."""
+        w3 = as3d(self.raw_weight.detach())
+        vectors = self._vectors()
+        return tuple(
+            sigma_of(w3, row_dim, vectors[2 * i], vectors[2 * i + 1])
+            for i, row_dim in enumerate(self._row_dims)
+        )
 
     def forward(self, layer: nn.Module) -> Tensor:
         if self.training:
-            self._power_iteration(self.n_power_iterations)
-        weight = self.raw_weight
-        sigmas = self.sigmas(weight)
+            sigmas = self._power_iteration(self.n_power_iterations)
+        else:
+            sigmas = self.current_sigmas()
+        self.last_sigmas = sigmas
         sigma = sigmas[0] if len(sigmas) == 1 else (sigmas[0] + sigmas[1]) / 2
-        self.last_sigmas = tuple(s.detach() for s in sigmas)
-        return weight * (self.scale / sigma.clamp_min(self.eps))
+        return normalize_weight(
+            self.raw_weight, sigma.clamp_min(self.eps), self.scale, self._row_dims, self._vectors()
+        )
 
     def effective_bias(self) -> Tensor | None:  # pragma: no cover - owns_bias is False
         return None
