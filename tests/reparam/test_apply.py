@@ -212,14 +212,36 @@ def test_non_finite_weight_is_refused_naming_the_layer():
 
 
 def test_failure_midway_rolls_back_earlier_layers():
-    model = Mixed()
-    with torch.no_grad():
-        model.head.weight[0].zero_()  # weight norm of an all-zero row is undefined
-    snap = snapshot(model)
-    with pytest.raises(ValueError, match="all-zero"):
-        nl.apply(model, "wn")
-    assert_unchanged(model, snap)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.Flatten(), nn.Linear(12, 2))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"dim must be an int in \[-2, 1\] for layer '2'"):
+        nl.apply(model, "wn", dim=2)  # fine for the 4-d conv weight, not for the Linear
     assert nl.methods_of(model) == {}
+    assert type(model[0]) is nn.Conv2d
+    now = model.state_dict()
+    assert now.keys() == before.keys()
+    assert all(torch.equal(now[k], before[k]) for k in before)
+
+
+def test_weight_norm_of_an_all_zero_slice_stays_zero():
+    emb = nl.weight_norm(nn.Embedding(5, 3, padding_idx=0))
+    assert torch.equal(emb.weight[0], torch.zeros(3))
+    assert torch.isfinite(emb.weight).all()
+    emb(torch.tensor([0, 1])).sum().backward()
+    assert torch.isfinite(emb.reparam.v.grad).all()
+
+
+def test_remove_eqlr_without_bias():
+    layer = nl.equalized_lr(nn.Linear(3, 2, bias=False))
+    w = layer.weight.detach().clone()
+    nl.remove(layer)
+    assert layer.bias is None
+    torch.testing.assert_close(layer.weight.detach(), w)
+
+
+def test_eqlr_keeps_the_embedding_padding_row_zero():
+    emb = nl.equalized_lr(nn.Embedding(5, 3, padding_idx=2))
+    assert torch.equal(emb.weight[2], torch.zeros(3))
 
 
 def test_unsupported_module_types():

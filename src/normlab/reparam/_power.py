@@ -75,7 +75,7 @@ class _Normalize(torch.autograd.Function):
     """``scale * W / sigma`` with the closed-form backward described in the module doc."""
 
     @staticmethod
-    def forward(ctx, weight, sigma, scale, row_dims, vectors):  # noqa: ANN001, ANN205
+    def forward(ctx, weight, sigma, scale, row_dims, vectors):
         coef = scale / sigma
         ctx.save_for_backward(weight, sigma, *vectors)
         ctx.scale = scale
@@ -83,7 +83,7 @@ class _Normalize(torch.autograd.Function):
         return weight * coef
 
     @staticmethod
-    def backward(ctx, grad_out):  # noqa: ANN001, ANN205
+    def backward(ctx, grad_out):
         weight, sigma, *vectors = ctx.saved_tensors
         coef = ctx.scale / sigma
         grad_out = grad_out.contiguous()

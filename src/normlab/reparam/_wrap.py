@@ -170,7 +170,8 @@ def _set_weight(self: nn.Module, value: Any) -> None:
 def _forward(self: nn.Module, input: Tensor, *args: Any, **kwargs: Any) -> Tensor:
     reparam = self._modules[REPARAM_ATTR]
     if reparam.needs_input:
-        reparam.observe_input(self, input)
+        with torch.autocast(device_type=_device_type(reparam), enabled=False):
+            reparam.observe_input(self, input)
     return self._normlab_base.forward(self, input, *args, **kwargs)
 
 
@@ -269,7 +270,8 @@ def unregister(module: nn.Module) -> nn.Module:
     reparam.eval()
     try:
         weight = module.weight.detach().clone()
-        bias = reparam.effective_bias().detach().clone() if reparam.owns_bias else None
+        bias = reparam.effective_bias() if reparam.owns_bias else None
+        bias = None if bias is None else bias.detach().clone()
     finally:
         reparam.train(was_training)
     requires_grad = any(p.requires_grad for p in reparam.parameters())

@@ -27,7 +27,7 @@ DEFAULT_SCALE = 1.2
 _METHODS: dict[str, tuple[Callable[..., nn.Module] | None, dict[str, Any]]] = {
     "none": (None, {}),
     "eqlr": (equalized_lr, {}),
-    "wn": (weight_norm, {"dim": None}),
+    "wn": (weight_norm, {}),
     "sn": (spectral_norm, {"scale": 1.0, "bidirectional": False}),
     "ssn": (spectral_norm, {"bidirectional": False}),
     "bsn": (spectral_norm, {"scale": 1.0, "bidirectional": True}),
@@ -65,6 +65,8 @@ def _method_kwargs(method: str, kwargs: dict[str, Any]) -> tuple[Callable[..., n
     merged = {**fixed, **kwargs}
     if method in ("ssn", "bssn"):
         merged.setdefault("scale", DEFAULT_SCALE)
+    if method == "wn":
+        merged.setdefault("dim", None)  # each layer's own output dim
     return fn, merged
 
 

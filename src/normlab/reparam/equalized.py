@@ -109,6 +109,8 @@ def equalized_lr(
     bias = module._parameters.get("bias")
     with torch.no_grad():
         weight.normal_(0.0, 1.0 / lr_multiplier)
+        if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+            weight[module.padding_idx].zero_()  # nn.Embedding keeps the padding row at zero
         if bias is not None:
             bias.zero_()
     reparam = EqualizedLR(weight, bias, fan_in(module), gain, lr_multiplier, owns_bias)

@@ -211,7 +211,7 @@ class ExactSpectralNorm(Reparametrization):
             self._power_iteration(layer, self.n_power_iterations)
         weight = self.raw_weight
         v = self.v.clone(memory_format=torch.contiguous_format)
-        sigma = linear_map(layer, weight)(v).norm()
+        sigma = linear_map(layer, weight)(v.to(weight.dtype)).norm()
         self.last_sigmas = (sigma.detach(),)
         return weight * (self.scale / sigma.clamp_min(self.eps))
 

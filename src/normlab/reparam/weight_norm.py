@@ -37,6 +37,10 @@ from normlab.reparam._wrap import (
 )
 
 
+#: Floor of ``||v||`` for all-zero slices (their ``g`` is 0, so their weights stay 0).
+ZERO_NORM_EPS = 1e-12
+
+
 def norm_except_dim(v: Tensor, dim: int) -> Tensor:
     """``||v||`` over every dimension but ``dim``, kept broadcastable to ``v``."""
     dims = [d for d in range(v.dim()) if d != dim]
@@ -55,9 +59,15 @@ class WeightNorm(Reparametrization):
             g = norm_except_dim(weight, dim)
         self.g = nn.Parameter(g, requires_grad=weight.requires_grad)
         self.v = weight
+        #: Whether some output unit's weights are all zero (then ``g = 0`` there).
+        self.has_zero_slice = bool((g == 0).any())
 
     def forward(self, layer: nn.Module) -> Tensor:
-        # torch._weight_norm computes g * v / ||v|| in one fused kernel (forward and backward).
+        # torch._weight_norm computes g * v / ||v|| in one fused kernel (forward and backward);
+        # it divides by zero on an all-zero slice (an Embedding's padding row), so layers that
+        # have one take the guarded formula.
+        if self.has_zero_slice:
+            return self.v * (self.g / norm_except_dim(self.v, self.dim).clamp_min(ZERO_NORM_EPS))
         return torch._weight_norm(self.v, self.g, self.dim)
 
     def effective_bias(self) -> Tensor | None:  # pragma: no cover - owns_bias is False
@@ -88,10 +98,6 @@ def weight_norm(module: nn.Module, dim: int | None = 0, *, name: str = "") -> nn
             f"(weight of shape {tuple(weight.shape)}), got {dim!r}"
         )
     dim = dim % weight.dim()
-    if (norm_except_dim(weight.detach(), dim) == 0).any():
-        raise ValueError(
-            f"{where} has an all-zero weight slice along dim {dim}: its direction is undefined"
-        )
     return register(module, WeightNorm(weight, dim))
 
 
