@@ -5,6 +5,7 @@ from normlab.reparam._wrap import Reparametrization, is_reparametrized, reparame
 from normlab.reparam.apply import DEFAULT_SCALE, METHODS, apply, methods_of, remove
 from normlab.reparam.equalized import EqualizedLR, equalized_lr
 from normlab.reparam.spectral import ExactSpectralNorm, SpectralNorm, spectral_norm
+from normlab.reparam.torch_compat import load_torch_spectral_norm_state
 from normlab.reparam.weight_norm import WeightNorm, data_init, weight_norm
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "equalized_lr",
     "fan_in",
     "is_reparametrized",
+    "load_torch_spectral_norm_state",
     "methods_of",
     "operator_norm",
     "output_dim",

@@ -36,7 +36,6 @@ from normlab.reparam._wrap import (
     register,
 )
 
-
 #: Floor of ``||v||`` for all-zero slices (their ``g`` is 0, so their weights stay 0).
 ZERO_NORM_EPS = 1e-12
 
