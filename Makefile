@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/normlab inspect
+	$(BIN)/normlab compare
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadfile -q
