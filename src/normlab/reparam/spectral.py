@@ -8,7 +8,8 @@ One power-iteration engine serves four methods::
     BSSN   W_eff = c * W / ((sigma(W_mat) + sigma(W_mat_t)) / 2)
 
 ``sigma(M)`` is the largest singular value of ``M``, estimated by power iteration with
-persistent vectors ``u``, ``v`` (one step per training forward)::
+persistent vectors ``u``, ``v``, one step per training forward (forwards that share one
+backward, such as D(real) and D(fake), share one step: see ``Reparametrization``)::
 
     v <- normalize(M^T u),   u <- normalize(M v),   sigma = u^T M v
 
@@ -253,7 +254,8 @@ def spectral_norm(
 
     Args:
         module: a Linear, ConvNd, ConvTransposeNd or Embedding layer.
-        n_power_iterations: power-iteration steps per training forward.
+        n_power_iterations: power-iteration steps per training forward (forwards sharing
+            one backward share them).
         eps: added safety in vector normalisation and the division by sigma.
         scale: the constant ``c`` of SSN/BSSN multiplying the normalised weight.
         bidirectional: BSN: divide by the mean of the sigmas of the ``(out, in*k*k)`` and
