@@ -83,3 +83,200 @@ class StandardCNNGenerator(nn.Module):
     def forward(self, z: Tensor) -> Tensor:
         h = self.project(z).view(z.shape[0], -1, self.bottom, self.bottom)
         return self.body(h)
+
+
+class MLPGenerator(nn.Module):
+    """``(N, z_dim) -> (N, out_dim)``: ``depth`` hidden ReLU layers of ``width`` units.
+
+    The output is linear for 2-D mixtures (``out_activation=None``) and ``tanh`` for
+    flattened images.
+    """
+
+    def __init__(
+        self,
+        z_dim: int = 16,
+        out_dim: int = 2,
+        width: int = 128,
+        depth: int = 3,
+        out_activation: str | None = None,
+    ) -> None:
+        super().__init__()
+        if out_activation not in (None, "tanh"):
+            raise ValueError(f"out_activation must be None or 'tanh', got {out_activation!r}")
+        self.z_dim = z_dim
+        layers: list[nn.Module] = []
+        d = z_dim
+        for _ in range(depth):
+            layers += [nn.Linear(d, width), nn.ReLU()]
+            d = width
+        layers.append(nn.Linear(d, out_dim))
+        if out_activation == "tanh":
+            layers.append(nn.Tanh())
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.net(z)
+
+
+class MLPDiscriminator(nn.Module):
+    """``(N, in_dim) -> (N,)`` logits: ``depth`` hidden LeakyReLU(0.1) layers of ``width`` units."""
+
+    def __init__(self, in_dim: int = 2, width: int = 128, depth: int = 3) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        d = in_dim
+        for _ in range(depth):
+            layers += [nn.Linear(d, width), nn.LeakyReLU(LEAKY_SLOPE)]
+            d = width
+        layers.append(nn.Linear(d, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x.flatten(1)).squeeze(1)
+
+
+class _GenBlock(nn.Module):
+    """SNGAN ResNet generator block: BN, ReLU, up x2, conv3x3, BN, ReLU, conv3x3; 1x1 shortcut."""
+
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(c_in)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, 1, 1)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1)
+        self.shortcut = nn.Conv2d(c_in, c_out, 1, 1, 0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = nn.functional.interpolate(nn.functional.relu(self.bn1(x)), scale_factor=2.0)
+        h = self.conv2(nn.functional.relu(self.bn2(self.conv1(h))))
+        return h + self.shortcut(nn.functional.interpolate(x, scale_factor=2.0))
+
+
+class _DisBlock(nn.Module):
+    """SNGAN ResNet discriminator block (ReLU, conv3x3, ReLU, conv3x3, [avgpool]; 1x1 shortcut).
+
+    ``first`` is SNGAN's "optimized" first block: no ReLU before the first conv, and the
+    shortcut pools before its 1x1 conv.
+    """
+
+    def __init__(self, c_in: int, c_out: int, downsample: bool, first: bool = False) -> None:
+        super().__init__()
+        self.first = first
+        self.downsample = downsample
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, 1, 1)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1)
+        self.learn_shortcut = c_in != c_out or downsample
+        if self.learn_shortcut:
+            self.shortcut = nn.Conv2d(c_in, c_out, 1, 1, 0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        relu, pool = nn.functional.relu, nn.functional.avg_pool2d
+        h = x if self.first else relu(x)
+        h = self.conv2(relu(self.conv1(h)))
+        if self.downsample:
+            h = pool(h, 2)
+        s = x
+        if self.learn_shortcut:
+            if self.first:
+                s = self.shortcut(pool(s, 2) if self.downsample else s)
+            else:
+                s = self.shortcut(s)
+                s = pool(s, 2) if self.downsample else s
+        return h + s
+
+
+class ResNetGenerator(nn.Module):
+    """SNGAN's ResNet generator (CIFAR-10 layout): ``(N, z_dim) -> (N, C, r, r)`` in ``[-1, 1]``.
+
+    z -> linear -> (width, r/8, r/8); three up-sampling residual blocks; BN, ReLU,
+    conv3x3 to the image channels; tanh. ``width = 256`` in the paper.
+    """
+
+    def __init__(
+        self, z_dim: int = 128, resolution: int = 32, channels: int = 3, width: int = 256
+    ) -> None:
+        super().__init__()
+        self.z_dim = z_dim
+        self.bottom = _check_resolution(resolution)
+        self.project = nn.Linear(z_dim, width * self.bottom * self.bottom)
+        self.blocks = nn.Sequential(*[_GenBlock(width, width) for _ in range(3)])
+        self.out = nn.Sequential(
+            nn.BatchNorm2d(width), nn.ReLU(), nn.Conv2d(width, channels, 3, 1, 1), nn.Tanh()
+        )
+
+    def forward(self, z: Tensor) -> Tensor:
+        h = self.project(z).view(z.shape[0], -1, self.bottom, self.bottom)
+        return self.out(self.blocks(h))
+
+
+class ResNetDiscriminator(nn.Module):
+    """SNGAN's ResNet discriminator (CIFAR-10 layout): ``(N, C, r, r) -> (N,)`` logits.
+
+    Optimized block (down), block (down), block, block, ReLU, global sum pooling, linear.
+    ``width = 128`` in the paper.
+    """
+
+    def __init__(self, resolution: int = 32, channels: int = 3, width: int = 128) -> None:
+        super().__init__()
+        _check_resolution(resolution)
+        self.blocks = nn.Sequential(
+            _DisBlock(channels, width, downsample=True, first=True),
+            _DisBlock(width, width, downsample=True),
+            _DisBlock(width, width, downsample=False),
+            _DisBlock(width, width, downsample=False),
+        )
+        self.head = nn.Linear(width, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = nn.functional.relu(self.blocks(x)).sum(dim=(2, 3))
+        return self.head(h).squeeze(1)
+
+
+#: The architectures ``build_models`` knows.
+ARCHS: tuple[str, ...] = ("mlp", "cnn", "resnet")
+
+
+def build_models(
+    arch: str,
+    sample_shape: tuple[int, ...],
+    z_dim: int,
+    width: int,
+    *,
+    tanh: bool = True,
+    depth: int = 3,
+) -> tuple[nn.Module, nn.Module]:
+    """``(G, D)`` of ``arch`` for samples of ``sample_shape``.
+
+    ``mlp`` takes flat samples ``(d,)`` (``tanh`` output when ``tanh``; linear for
+    2-D mixtures; ``depth`` hidden layers); ``cnn`` and ``resnet`` take images ``(C, r, r)``
+    with ``r`` a multiple
+    of 8. ``width`` is the MLP's hidden units, the standard CNN's base channels, and the
+    ResNet's discriminator channels (its generator gets twice as many, as in SNGAN).
+    """
+    if arch == "mlp":
+        if len(sample_shape) != 1:
+            raise ValueError(f"the mlp architecture needs flat samples, got shape {sample_shape}")
+        d = sample_shape[0]
+        g = MLPGenerator(z_dim, d, width, depth, out_activation="tanh" if tanh else None)
+        return g, MLPDiscriminator(d, width, depth)
+    if arch in ("cnn", "resnet"):
+        if len(sample_shape) != 3 or sample_shape[1] != sample_shape[2]:
+            raise ValueError(
+                f"the {arch} architecture needs square images (C, r, r), got sample shape "
+                f"{sample_shape}"
+                + ("; for 2-D data use arch 'mlp'" if sample_shape == (2,) else "")
+            )
+        c, r, _ = sample_shape
+        if r < 8 or r % 8:
+            raise ValueError(
+                f"the {arch} architecture needs an image size that is a multiple of 8, "
+                f"got {r}x{r}; "
+                f"set 'resolution' (e.g. --set resolution=32) to resize the images"
+            )
+        if arch == "cnn":
+            return (
+                StandardCNNGenerator(z_dim, r, c, width),
+                StandardCNNDiscriminator(r, c, width),
+            )
+        return ResNetGenerator(z_dim, r, c, 2 * width), ResNetDiscriminator(r, c, width)
+    raise ValueError(f"unknown arch {arch!r}; choose one of: {', '.join(ARCHS)}")

@@ -1,0 +1,101 @@
+"""Metrics of a generator: the mixture metrics for 2-D data, FID/KID/PRDC on features for images.
+
+For images the features come from pytorch-fid's Inception-v3 when the run names its weights
+file (``inception_weights``), and otherwise from a small network trained on the dataset
+itself (``normlab.metrics.FeatureNet``), cached in the run folder (``feature_net.pt``) or
+at ``feature_cache``: numbers comparable between runs on the same data, not with published
+Inception FIDs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from normlab.data import Data
+from normlab.gan.config import TrainConfig
+
+#: Seed offset of the fixed latent vectors used for evaluation (never the training streams).
+EVAL_SEED_OFFSET = 7919
+#: Real images whose features the image metrics compare against: all of the data, at most this
+#: many (the BSN code compares 10k generated with 5k real).
+MAX_REAL_EVAL = 5_000
+FEATURE_NET_FILE = "feature_net.pt"
+
+
+@torch.no_grad()
+def generate(G: nn.Module, n: int, z_dim: int, seed: int, device: str, batch: int = 500) -> Tensor:
+    """``n`` samples of ``G`` (in the mode it is in) from seeded latents, on the CPU."""
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, z_dim, generator=gen)
+    return torch.cat([G(z[i : i + batch].to(device)).float().cpu() for i in range(0, n, batch)])
+
+
+class Evaluator:
+    """Computes a run's metrics for any generator; the real features are computed once."""
+
+    def __init__(self, cfg: TrainConfig, data: Data, run_dir: str | Path) -> None:
+        self.cfg = cfg
+        self.data = data
+        self.run_dir = Path(run_dir)
+        self._net: nn.Module | None = None
+        self._real: Tensor | None = None
+
+    def prepare(self) -> None:
+        """Load or train the feature network now (a bad weights file fails before training)."""
+        if self.data.kind == "images":
+            self._features()
+
+    def _features(self) -> tuple[nn.Module, Tensor]:
+        import normlab.metrics as M
+
+        if self._net is None:
+            images = self.data.as_images(self.data.images)
+            if self.cfg.inception_weights:
+                self._net = M.InceptionV3Features.from_weights(self.cfg.inception_weights).to(
+                    self.cfg.device
+                )
+            else:
+                cache = self.cfg.feature_cache or self.run_dir / FEATURE_NET_FILE
+                self._net = M.load_or_train_feature_net(
+                    cache, images, self.data.labels, device=self.cfg.device
+                )
+            real = self.data.real_sample(MAX_REAL_EVAL, seed=self.cfg.seed + EVAL_SEED_OFFSET)
+            self._real = M.extract_features(self._net, self.data.as_images(real))
+        assert self._real is not None
+        return self._net, self._real
+
+    def __call__(self, G: nn.Module, n: int | None = None) -> dict:
+        """Metrics of ``G`` (evaluated in eval mode; its mode is restored) on ``n`` samples."""
+        import normlab.metrics as M
+
+        n = n or self.cfg.eval_samples
+        was = G.training
+        G.eval()
+        try:
+            fake = generate(G, n, self.cfg.z_dim, self.cfg.seed + EVAL_SEED_OFFSET, self.cfg.device)
+        finally:
+            G.train(was)
+        if self.data.kind == "mixture":
+            return M.mixture_metrics(fake, self.data.mixture)
+        if not torch.isfinite(fake).all():
+            return {k: float("nan") for k in M.IMAGE_METRICS}
+        net, real = self._features()
+        fake_feats = M.extract_features(net, self.data.as_images(fake))
+        return M.image_metrics(real, fake_feats, seed=self.cfg.seed)
+
+
+def evaluate_run(run_dir: str | Path, *, n: int | None = None) -> dict:
+    """Metrics of a finished or running run's generator (its EMA where kept), from its latest
+    good checkpoint, on ``n`` samples (default: the run's ``eval_samples``).
+
+    Returns the metrics (``modes_covered``, ``high_quality_frac``, ``reverse_kl`` for
+    mixtures; ``fid``, ``kid``, ``precision``, ``recall``, ``density``, ``coverage`` for
+    images) plus ``step``, the checkpoint's step.
+    """
+    from normlab.gan.run import generator_for_eval
+
+    cfg, data, G, step = generator_for_eval(run_dir)
+    return {"step": step, **Evaluator(cfg, data, run_dir)(G, n)}
