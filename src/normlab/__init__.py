@@ -7,6 +7,16 @@ The public API, re-exported from the sub-packages (nothing is defined here)::
     G = nl.apply(G, "eqlr")
 """
 
+from normlab import diagnostics
+from normlab.layers import (
+    ClassNormMLP,
+    ClassStandardization,
+    CrossIterationBatchNorm2d,
+    FixupBasicBlock,
+    FixupBottleneck,
+    fixup_init,
+    fixup_resnet,
+)
 from normlab.reparam import (
     DEFAULT_SCALE,
     METHODS,
@@ -15,6 +25,7 @@ from normlab.reparam import (
     data_init,
     equalized_lr,
     is_reparametrized,
+    load_torch_spectral_norm_state,
     methods_of,
     remove,
     spectral_norm,
@@ -27,11 +38,20 @@ __all__ = [
     "DEFAULT_SCALE",
     "METHODS",
     "SUPPORTED_LAYERS",
+    "ClassNormMLP",
+    "ClassStandardization",
+    "CrossIterationBatchNorm2d",
+    "FixupBasicBlock",
+    "FixupBottleneck",
     "__version__",
     "apply",
     "data_init",
+    "diagnostics",
     "equalized_lr",
+    "fixup_init",
+    "fixup_resnet",
     "is_reparametrized",
+    "load_torch_spectral_norm_state",
     "methods_of",
     "remove",
     "spectral_norm",

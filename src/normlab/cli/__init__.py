@@ -14,7 +14,15 @@ import sys
 from collections.abc import Sequence
 
 # Sub-command modules, in the order ``normlab --help`` lists them.
-COMMANDS: tuple[str, ...] = ("inspect",)
+COMMANDS: tuple[str, ...] = (
+    "compare",
+    "inspect",
+    "train",
+    "eval",
+    "sample",
+    "experiment",
+    "diagnose",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -52,9 +52,13 @@ def base_config(args: argparse.Namespace):
     """The TrainConfig every run starts from: --config, then the flags, then --set."""
     from normlab.gan.config import TrainConfig
 
-    cfg = TrainConfig.from_file(args.config) if args.config else TrainConfig()
+    if args.config:
+        cfg = TrainConfig.from_file(args.config)
+        if args.data:
+            cfg = cfg.replace(data=args.data)
+    else:  # the tuned preset of the data (configs/<data>.yaml), the paper's defaults otherwise
+        cfg = TrainConfig.preset(args.data or "ring8")
     flags = {
-        "data": args.data,
         "steps": args.steps,
         "arch": args.arch,
         "inception_weights": args.inception_weights,

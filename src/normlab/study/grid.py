@@ -83,7 +83,8 @@ def build_grid(
         for scale in method_scales:
             label = group_label(method, scale if scales and method in SCALED_METHODS else None)
             for seed in seeds:
-                cfg = base.replace(method=method, seed=seed, scale=scale)
+                # One torch thread per run: parallel runs then share the cores cleanly.
+                cfg = base.replace(method=method, seed=seed, scale=scale, threads=1)
                 run_dir = out_dir / "runs" / _slug(label) / f"seed{seed}"
                 runs.append(RunSpec(label, method, scale, seed, cfg, run_dir))
     return runs
