@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -16,7 +17,13 @@ _DIRECT = (
     ("--loss", "loss", str, "hinge, ns or wgan-gp"),
     ("--steps", "steps", int, "generator steps"),
     ("--seed", "seed", int, "random seed"),
-    ("--device", "device", str, "cpu, cuda, ..."),
+    ("--device", "device", str, "cpu, cuda, ... (under torchrun: cuda = each rank's GPU)"),
+    (
+        "--precision",
+        "precision",
+        str,
+        "fp32 (default); bf16 or fp16 (CUDA): forwards under autocast, fp32 master weights",
+    ),
     (
         "--inception-weights",
         "inception_weights",
@@ -60,6 +67,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="RUN",
         help="continue the run in --out (or RUN) from its newest good checkpoint",
     )
+    p.add_argument(
+        "--compile",
+        dest="compile",
+        action="store_const",
+        const=True,
+        default=None,
+        help="torch.compile the training forwards of D and G",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.set_defaults(func=run)
@@ -87,6 +102,8 @@ def build_config(args: argparse.Namespace):
     else:  # the tuned preset of the data (ring8, grid25, digits), else the paper's defaults
         cfg = TrainConfig.preset(args.data or TrainConfig().data)
     direct = {key: getattr(args, key) for _, key, _, _ in _DIRECT if getattr(args, key) is not None}
+    if getattr(args, "compile", None):
+        direct["compile"] = True
     if direct:
         cfg = cfg.replace(**direct)
     if args.overrides:
@@ -99,6 +116,8 @@ def run(args: argparse.Namespace) -> int:
 
     cfg, out, resume = build_config(args)
     result = train(cfg, out, resume=resume, progress=not args.no_progress)
+    if int(os.environ.get("RANK", "0") or 0) != 0:  # torchrun: rank 0 reports
+        return 0 if result["status"] == "finished" else 3
     metrics = ", ".join(
         f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result["metrics"].items()
     )

@@ -30,6 +30,8 @@ LOSSES = ("hinge", "ns", "wgan-gp")
 D_ONLY_METHODS = ("sn", "ssn", "bsn", "bssn", "sn_exact")
 #: Methods that take a ``scale``.
 SCALED_METHODS = ("ssn", "bssn")
+#: The precisions ``precision`` accepts: float32, or autocast to bfloat16 / float16.
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 #: Settings tuned for the bundled data, on top of the defaults (``TrainConfig.preset``). The
@@ -146,6 +148,14 @@ class TrainConfig:
     #: Where the feature network for image metrics is cached (None: ``feature_net.pt`` in the
     #: run folder). Runs on the same data can share one file.
     feature_cache: str | None = None
+    #: Run the training forwards of D and G through ``torch.compile``.
+    compile: bool = False
+    #: ``fp32``; ``bf16`` or ``fp16``: forwards under ``torch.autocast`` with float32 master
+    #: weights (normalizations stay float32); ``fp16`` needs CUDA (it uses a GradScaler).
+    precision: str = "fp32"
+    #: Under torchrun on CUDA: G's BatchNorm as SyncBatchNorm (statistics of the global batch
+    #: instead of each rank's chunk).
+    sync_bn: bool = False
 
     # -- construction ----------------------------------------------------------------------
     def __post_init__(self) -> None:
@@ -252,6 +262,18 @@ class TrainConfig:
         choice("d_method", self.d_method, METHODS)
         choice("g_method", self.g_method, METHODS)
         choice("loss", self.loss, LOSSES)
+        choice("precision", self.precision, PRECISIONS)
+        cuda = self.device.startswith("cuda")
+        if self.precision == "fp16" and not cuda:
+            raise ValueError(
+                f"precision fp16 needs a CUDA device (its GradScaler runs there); got "
+                f"device {self.device!r}: use precision bf16 on the CPU"
+            )
+        if self.sync_bn and not cuda:
+            raise ValueError(
+                f"sync_bn needs CUDA devices (PyTorch's SyncBatchNorm has no CPU kernel); got "
+                f"device {self.device!r}. On CPU ranks BatchNorm uses each rank's chunk"
+            )
         if not self.data:
             raise ValueError("data must not be empty")
         positive = [
@@ -353,6 +375,10 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
                 return int(value)
             raise TypeError(f"{name} must be {_type_name(base)}, got {value!r}")
         return value
+    if base is bool:
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be {_type_name(base)}, got {value!r}")
+        return value
     if base is str:
         if not isinstance(value, str):
             raise TypeError(f"{name} must be {_type_name(base)}, got {value!r}")
@@ -360,4 +386,12 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
     raise AssertionError(f"unhandled type {hint!r} for {name}")  # pragma: no cover
 
 
-__all__ = ["D_ONLY_METHODS", "LOSSES", "PRESETS", "SCALED_METHODS", "TrainConfig", "parse_value"]
+__all__ = [
+    "D_ONLY_METHODS",
+    "LOSSES",
+    "PRECISIONS",
+    "PRESETS",
+    "SCALED_METHODS",
+    "TrainConfig",
+    "parse_value",
+]

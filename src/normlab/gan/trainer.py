@@ -20,24 +20,37 @@ Resuming (``resume=True``) restores everything a step depends on from the newest
 checkpoint (models and their power vectors, optimizers, EMA, every RNG, the data
 position), so a run interrupted any number of times ends with the same weights, bit for
 bit on CPU, as one that never stopped.
+
+Several processes (``torchrun --nproc_per_node=N -m normlab train ...``): D and G train in
+``DistributedDataParallel`` (gloo on CPU, nccl on CUDA); every rank draws the same global
+batch and trains on its contiguous chunk of it, so N ranks compute what one process
+computes (see ``normlab.gan.distributed`` for the rules). Rank 0 alone writes the run
+folder; losses are logged as means over the global batch, the other logged quantities
+(sigmas, input-gradient norms) are rank 0's. BatchNorm (in G) normalizes each rank's chunk
+with that chunk's statistics and keeps rank 0's running statistics (DDP broadcasts them at
+every forward), unless ``sync_bn`` (CUDA only) makes it a SyncBatchNorm over the global batch.
+
+``compile`` runs the training forwards of D and G through ``torch.compile``; ``precision``
+``bf16``/``fp16`` runs them under ``torch.autocast`` with float32 master weights (the
+normalizations themselves stay float32; fp16 adds a GradScaler per optimizer, CUDA only).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import random
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from normlab.diagnostics import Monitor, input_gradient_norm
-from normlab.gan import losses
+from normlab.gan import distributed, losses
 from normlab.gan.checkpoint import (
     atomic_write_text,
     clean_temporary,
@@ -82,6 +95,7 @@ RESUMABLE_CHANGES = (
     "threads",
     "inception_weights",
     "feature_cache",
+    "compile",
 )
 
 
@@ -92,6 +106,10 @@ class Diverged(Exception):
         self.info = {"step": step, "layer": layer, "quantity": quantity, "value": value}
         where = f"layer {layer!r}, " if layer else ""
         super().__init__(f"training diverged at step {step}: {where}{quantity} = {value:g}")
+
+    def __reduce__(self):  # picklable (sent from rank 0 to the other ranks)
+        i = self.info
+        return (Diverged, (i["step"], i["layer"], i["quantity"], i["value"]))
 
 
 def _bad(value: float, limit: float) -> bool:
@@ -210,6 +228,53 @@ def _check_folder(cfg: TrainConfig, run: Path, resume: bool) -> TrainConfig:
     return cfg
 
 
+def _autocast(device: torch.device, precision: str):
+    """The autocast context of ``precision`` (a no-op context for fp32)."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def _scaler(device: torch.device, precision: str):
+    """A GradScaler for fp16 (CUDA); None otherwise."""
+    if precision != "fp16":
+        return None
+    return torch.amp.GradScaler(device.type)
+
+
+def _backward_step(loss: Tensor, opt: torch.optim.Optimizer, scaler) -> None:
+    if scaler is None:
+        loss.backward()
+        opt.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+
+
+def _skip_uniform(gen: torch.Generator, n: int) -> None:
+    """Advance ``gen`` past ``n`` uniform draws (CPU draws are sequential: drawing 3 then 7
+    values gives the 10 values of one draw), as if other ranks' rows had drawn them."""
+    if n:
+        torch.rand(n, generator=gen)
+
+
+@contextmanager
+def _agreed(ctx: distributed.Context) -> Iterator[None]:
+    """Run a block that may fail on rank 0 only; then every rank raises if rank 0 did."""
+    message = None
+    try:
+        yield
+    except Exception as err:
+        if not ctx.distributed:
+            raise
+        message = f"{type(err).__name__}: {err}"
+        distributed.broadcast_object(ctx, message)
+        raise
+    message = distributed.broadcast_object(ctx, message)
+    if message is not None:
+        raise RuntimeError(f"rank 0 stopped the run: {message}")
+
+
 def train(
     cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True
 ) -> dict:
@@ -217,29 +282,54 @@ def train(
 
     With ``resume`` the run continues from the newest good checkpoint in ``out_dir`` (a
     folder without one starts afresh); without it, ``out_dir`` must not hold a run yet.
+    Started by torchrun (``WORLD_SIZE`` > 1), the processes train one run together with
+    DistributedDataParallel and rank 0 writes ``out_dir``.
 
     Returns ``{"status": "finished" | "diverged", "metrics": {final metrics}, "wall_time":
     seconds (all sessions of the run), "steps": steps done, "steps_per_sec": this session's
-    training speed, "divergence": None | {"step", "layer", "quantity", "value"}}``.
+    training speed, "divergence": None | {"step", "layer", "quantity", "value"}}`` (on ranks
+    other than 0, ``metrics`` is empty).
     """
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
     t_start = time.perf_counter()
     cfg = cfg.resolved()
-    run = Path(out_dir)
-    cfg = _check_folder(cfg, run, resume)
+    ctx = distributed.init(cfg.device)
+    try:
+        return _train(cfg, Path(out_dir), ctx, resume, progress, t_start)
+    finally:
+        distributed.teardown(ctx)
+
+
+def _train(
+    cfg: TrainConfig,
+    run: Path,
+    ctx: distributed.Context,
+    resume: bool,
+    progress: bool,
+    t_start: float,
+) -> dict:
+    main = ctx.is_main
+    distributed.check_sync_bn(ctx, cfg.sync_bn)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = torch.device(cfg.device)
+    device = ctx.device
+    rows = distributed.shard(cfg.batch_size, ctx.rank, ctx.world)
+    weight = distributed.loss_weight(cfg.batch_size, ctx.rank, ctx.world)
 
     data = load_run_data(cfg)
     if data.kind == "images" and device.type != "cpu":
         data.images = data.images.to(device)
-    evaluator = Evaluator(cfg, data, run)
-    evaluator.prepare()  # a bad inception_weights file fails here, before anything is written
-    run.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run / CONFIG_FILE, cfg.to_yaml())
+    evaluator = Evaluator(cfg, data, run) if main else None
+    with _agreed(ctx):  # checks before anything is written; every rank hears the verdict
+        if main:
+            cfg = _check_folder(cfg, run, resume)
+            evaluator.prepare()  # a bad inception_weights file fails here
+    if main:
+        run.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run / CONFIG_FILE, cfg.to_yaml())
     G, D = build_networks(cfg, data)
+    G = distributed.convert_sync_bn(G, ctx, cfg.sync_bn)
     G.train()
     D.train()
     opt_d = torch.optim.Adam(
@@ -249,18 +339,28 @@ def train(
         G.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2), foreach=True
     )
     ema = EMA(G, cfg.ema) if cfg.ema > 0 else None
+    # The same global batches and latents on every rank; each trains on its rows of them.
     stream = data.stream(cfg.batch_size, seed=cfg.seed)
     z_gen = torch.Generator().manual_seed(cfg.seed + 1)
     gp_gen = torch.Generator().manual_seed(cfg.seed + 2)
     # Nothing in training draws from the global generators; they are seeded (and saved) anyway,
-    # so that anything a user adds stays reproducible.
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)  # noqa: NPY002
-    random.seed(cfg.seed)
+    # so that anything a user adds stays reproducible (seed + rank: different on each rank).
+    distributed.seed_rank(cfg.seed, ctx.rank)
 
     start, history, wall_before = 0, [], 0.0
-    found = load_latest(run, cfg) if resume else None
-    clean_temporary(run)
+    found = None
+    with _agreed(ctx):
+        if main:
+            # On the CPU when other ranks receive it (each copies it to its device).
+            if resume:
+                found = load_latest(run, cfg.replace(device="cpu") if ctx.distributed else cfg)
+            clean_temporary(run)
+            if found is None and list_checkpoints(run):
+                raise RuntimeError(
+                    f"{str(run)!r} holds checkpoints of another run (resume not asked, or its "
+                    f"config.yaml is missing); choose an empty output folder"
+                )
+    found = distributed.broadcast_object(ctx, found)
     if found is not None:
         path, ck = found
         load_state(G, ck["G"], "generator", path)
@@ -273,10 +373,40 @@ def train(
         z_gen.set_state(ck["rng"]["z"])
         gp_gen.set_state(ck["rng"]["gp"])
         set_rng_state(ck["rng"])
+        if ctx.rank:
+            distributed.seed_rank(cfg.seed + int(ck["step"]), ctx.rank)
         start, history, wall_before = int(ck["step"]), list(ck["history"]), float(ck["wall_time"])
+
+    # The modules that train: DDP wrappers (N ranks), compiled (compile). G, D stay the
+    # plain modules: checkpoints, EMA, logging and evaluation use them.
+    d_train = distributed.wrap(D, ctx)
+    g_train = distributed.wrap(G, ctx)
+    g_fake, d_judge = G, D  # the fakes of D's step (no grad); D in G's step (eval, frozen)
+    if cfg.compile:
+        d_train, g_train = torch.compile(d_train), torch.compile(g_train)
+        g_fake, d_judge = torch.compile(G), torch.compile(D)
+    amp = _autocast(device, cfg.precision)
+    scaler_d, scaler_g = _scaler(device, cfg.precision), _scaler(device, cfg.precision)
+    if found is not None and scaler_d is not None and ck.get("scalers"):
+        scaler_d.load_state_dict(ck["scalers"]["d"])
+        scaler_g.load_state_dict(ck["scalers"]["g"])
+
+    def global_value(loss: Tensor) -> float:
+        """The loss of the global batch (the weighted per-rank losses, averaged)."""
+        return (
+            distributed.mean_over_ranks(ctx, loss * weight).item()
+            if ctx.distributed
+            else (loss.item())
+        )
 
     def checkpoint(step: int) -> None:
         _check_weights(step, ("G", G), ("D", D))
+        # BatchNorm running statistics follow each rank's chunk between G's DDP forwards
+        # (which broadcast rank 0's): take rank 0's, then every tensor must agree.
+        distributed.broadcast_buffers(ctx, G)
+        distributed.check_in_sync(ctx, G=G, D=D)
+        if not main:
+            return
         payload = {
             "signature": signature(cfg),
             "config": cfg.to_dict(),
@@ -290,14 +420,11 @@ def train(
             "history": history,
             "wall_time": wall_before + time.perf_counter() - t_start,
         }
+        if scaler_d is not None:
+            payload["scalers"] = {"d": scaler_d.state_dict(), "g": scaler_g.state_dict()}
         save_checkpoint(run, step, payload, keep=cfg.keep_checkpoints)
 
     if found is None:
-        if list_checkpoints(run):
-            raise RuntimeError(
-                f"{str(run)!r} holds checkpoints of another run (resume not asked, or its "
-                f"config.yaml is missing); choose an empty output folder"
-            )
         checkpoint(0)  # the run always has a good checkpoint to fall back to
 
     g_eval = ema.model if ema is not None else G
@@ -315,14 +442,14 @@ def train(
         if final:
             save_samples(x, data, run / "samples" / "final.png", title)
 
-    logger = _Logger(run, start)
-    monitor = Monitor(D, every=cfg.log_every, prefix="D", keep_records=False)
+    logger = _Logger(run, start) if main else None
+    monitor = Monitor(D, every=cfg.log_every, prefix="D", keep_records=False) if main else None
     check_loss_each_step = device.type == "cpu"
     divergence = None
     status = "finished"
     step = start
     bar = None
-    if progress:
+    if progress and main:
         from tqdm.auto import tqdm
 
         bar = tqdm(
@@ -339,70 +466,100 @@ def train(
             log_now = step % cfg.log_every == 0
             rec = None
             for k in range(cfg.n_dis):
-                real = stream.next().to(device, non_blocking=True)
-                z = torch.randn(cfg.batch_size, cfg.z_dim, generator=z_gen).to(device)
-                with torch.no_grad():
-                    fake = G(z)
+                real = stream.next()[rows].to(device, non_blocking=True)
+                z = torch.randn(cfg.batch_size, cfg.z_dim, generator=z_gen)[rows].to(device)
+                with torch.no_grad(), amp:
+                    fake = g_fake(z)
                 last = k == cfg.n_dis - 1
-                if log_now and last:
+                if log_now and last and main:
                     D.eval()
                     slopes = {
                         **_stats(input_gradient_norm(D, real), "grad_real"),
-                        **_stats(input_gradient_norm(D, fake), "grad_fake"),
+                        **_stats(input_gradient_norm(D, fake.to(real.dtype)), "grad_fake"),
                     }
                     D.train()
-                logits = D(torch.cat([real, fake]))
+                with amp:
+                    logits = d_train(torch.cat([real, fake.to(real.dtype)])).float()
                 d_real, d_fake = logits[: real.shape[0]], logits[real.shape[0] :]
                 loss_d = losses.d_loss(cfg.loss, d_real, d_fake)
-                if cfg.loss == "wgan-gp":
+                if cfg.loss == "wgan-gp":  # in float32, through the plain D (eval: frozen)
                     D.eval()
-                    loss_d = loss_d + cfg.gp_weight * losses.gradient_penalty(D, real, fake, gp_gen)
+                    # One interpolation weight per row of the global batch: this rank's rows'.
+                    _skip_uniform(gp_gen, rows.start)
+                    loss_d = loss_d + cfg.gp_weight * losses.gradient_penalty(
+                        D, real, fake.to(real.dtype), gp_gen
+                    )
+                    _skip_uniform(gp_gen, cfg.batch_size - rows.stop)
                     D.train()
                 opt_d.zero_grad(set_to_none=True)
-                loss_d.backward()
-                if check_loss_each_step and _bad(loss_d.item(), MAX_ABS_LOSS):
-                    raise Diverged(step, None, "loss_d", loss_d.item())
-                if log_now and last:
-                    means = torch.stack([d_real.mean(), d_fake.mean(), loss_d]).tolist()
+                if scaler_d is None:
+                    (loss_d * weight if weight != 1.0 else loss_d).backward()
+                else:
+                    scaler_d.scale(loss_d * weight).backward()
+                if check_loss_each_step or (log_now and last):
+                    value_d = global_value(loss_d)
+                    if _bad(value_d, MAX_ABS_LOSS):
+                        raise Diverged(step, None, "loss_d", value_d)
+                if log_now and last and main:
+                    means = torch.stack([d_real.mean(), d_fake.mean()]).tolist()
                     with torch.random.fork_rng(devices=[]):  # the Monitor draws its own vectors
                         rec = monitor.record(
-                            step, loss_d=means[2], d_real=means[0], d_fake=means[1], **slopes
+                            step, loss_d=value_d, d_real=means[0], d_fake=means[1], **slopes
                         )
-                opt_d.step()
+                if scaler_d is None:
+                    opt_d.step()
+                else:
+                    scaler_d.step(opt_d)
+                    scaler_d.update()
 
             D.eval()
             D.requires_grad_(False)
-            z = torch.randn(cfg.batch_size, cfg.z_dim, generator=z_gen).to(device)
-            loss_g = losses.g_loss(cfg.loss, D(G(z)))
+            z = torch.randn(cfg.batch_size, cfg.z_dim, generator=z_gen)[rows].to(device)
+            with amp:
+                out = d_judge(g_train(z)).float()
+            loss_g = losses.g_loss(cfg.loss, out)
             opt_g.zero_grad(set_to_none=True)
-            loss_g.backward()
-            opt_g.step()
+            _backward_step(loss_g * weight if weight != 1.0 else loss_g, opt_g, scaler_g)
             D.requires_grad_(True)
             D.train()
             if ema is not None:
                 ema.update()
-            if check_loss_each_step and _bad(loss_g.item(), MAX_ABS_LOSS):
-                raise Diverged(step, None, "loss_g", loss_g.item())
+            if check_loss_each_step or rec is not None or (log_now and ctx.distributed):
+                value_g = global_value(loss_g)
+                if _bad(value_g, MAX_ABS_LOSS):
+                    raise Diverged(step, None, "loss_g", value_g)
 
-            if rec is not None:
-                rec["loss_g"] = loss_g.item()
-                rec["time"] = wall_before + time.perf_counter() - t_start
-                _check_record(rec)
-                _check_weights(step, ("G", G), ("D", D))
-                logger.log(rec)
-                if bar is not None:
-                    bar.set_postfix(
-                        loss_d=f"{rec['loss_d']:.3f}", loss_g=f"{rec['loss_g']:.3f}", refresh=False
-                    )
+            if log_now:
+                stop = None
+                if rec is not None:
+                    rec["loss_g"] = value_g
+                    rec["time"] = wall_before + time.perf_counter() - t_start
+                    try:
+                        _check_record(rec)
+                        _check_weights(step, ("G", G), ("D", D))
+                    except Diverged as err:
+                        stop = err
+                if ctx.distributed:  # rank 0's verdict holds on every rank
+                    stop = distributed.broadcast_object(ctx, stop)
+                if stop is not None:
+                    raise stop
+                if rec is not None:
+                    logger.log(rec)
+                    if bar is not None:
+                        bar.set_postfix(
+                            loss_d=f"{rec['loss_d']:.3f}",
+                            loss_g=f"{rec['loss_g']:.3f}",
+                            refresh=False,
+                        )
             final = step == cfg.steps
-            if final or (cfg.eval_every and step % cfg.eval_every == 0):
+            if main and (final or (cfg.eval_every and step % cfg.eval_every == 0)):
                 metrics = evaluator(g_eval)
                 history.append({"step": step, **metrics})
                 logger.metrics(step, metrics)
                 _write_metrics(
                     run, "finished" if final else "running", step, metrics, history, None
                 )
-            if final or (cfg.sample_every and step % cfg.sample_every == 0):
+            if main and (final or (cfg.sample_every and step % cfg.sample_every == 0)):
                 pictures(step, final)
             if final or (cfg.ckpt_every and step % cfg.ckpt_every == 0):
                 checkpoint(step)
@@ -411,16 +568,20 @@ def train(
     except Diverged as err:
         status = "diverged"
         divergence = err.info
-        warnings.warn(f"{err}; the run stops, keeping its last good checkpoint", stacklevel=2)
+        if main:
+            warnings.warn(f"{err}; the run stops, keeping its last good checkpoint", stacklevel=3)
     finally:
-        monitor.close()
-        logger.close()
+        if monitor is not None:
+            monitor.close()
+        if logger is not None:
+            logger.close()
         if bar is not None:
             bar.close()
     loop_time = time.perf_counter() - t_loop
     done = step - start
 
-    if status == "diverged":
+    final_metrics: dict = {}
+    if status == "diverged" and main:
         # Final metrics: those of the last good checkpoint's generator.
         found = load_latest(run, cfg)
         assert found is not None
@@ -430,7 +591,7 @@ def train(
         final_metrics = evaluator(g_eval)
         final_metrics = {**final_metrics, "checkpoint_step": int(ck["step"])}
         _write_metrics(run, "diverged", step, final_metrics, history, divergence)
-    else:
+    elif main:
         final_metrics = history[-1] if history and history[-1]["step"] == cfg.steps else {}
         final_metrics = {k: v for k, v in final_metrics.items() if k != "step"}
         if start >= cfg.steps:  # nothing left to do: report what the run holds
