@@ -104,13 +104,6 @@ def test_compile_matches_eager() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    raises=(RuntimeError, AssertionError),
-    reason="reparam bugs 1 and 6: under inductor the SN family's saved power vectors are "
-    "the buffers themselves (two forwards before one backward: in-place error; one forward: "
-    "wrong gradients), and compiled forwards skip the per-backward weight cache",
-)
 def test_compile_matches_eager_sn_family() -> None:
     """sn, ssn, bsn, bssn, sn_exact: as above (one compiled model for the five)."""
     _compare_compiled(SN_LIKE)

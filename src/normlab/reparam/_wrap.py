@@ -53,7 +53,8 @@ class Reparametrization(nn.Module):
       Training-mode forwards without grad are never cached, so
       ``with torch.no_grad(): model(x)`` repeated keeps refining the estimate, one
       step per forward. ``normlab.reparam.set_weight_cache(False)`` turns caching
-      off globally; it is off while ``torch.compile`` traces.
+      off globally. Under ``torch.compile`` this method runs eagerly (a graph break per
+      layer), so compiled and eager models take the same power-iteration steps.
     """
 
     #: Short method name as in ``normlab.METHODS`` (set by each subclass).
@@ -91,7 +92,7 @@ class Reparametrization(nn.Module):
 
     def _cache_key(self) -> tuple | None:
         grad = torch.is_grad_enabled()
-        if not _CACHE_ENABLED or (self.training and not grad) or torch.compiler.is_compiling():
+        if not _CACHE_ENABLED or (self.training and not grad):
             return None
         try:
             state = tuple(
@@ -107,6 +108,10 @@ class Reparametrization(nn.Module):
         self._cached = None
         self._cached_key = None
 
+    # Eager under torch.compile (a graph break per layer; the layer's own op stays compiled):
+    # the cache then works the same compiled or not, and inductor (torch 2.13) mis-compiles
+    # the in-place power step followed by the saved vectors (wrong weight gradients).
+    @torch.compiler.disable
     def effective_weight(self, layer: nn.Module) -> Tensor:
         """The effective weight: ``forward(layer)`` in float32, cached (see the class doc)."""
         key = self._cache_key()

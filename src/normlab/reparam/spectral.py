@@ -128,10 +128,6 @@ class SpectralNorm(Reparametrization):
             for i, row_dim in enumerate(self._row_dims)
         )
 
-    # Run eagerly under torch.compile (a graph break per layer): inductor mis-compiles the
-    # in-place power step followed by the saved vectors (wrong weight gradients, up to 2%
-    # relative with unconverged vectors; torch 2.13). The layer's own op stays compiled.
-    @torch.compiler.disable
     def forward(self, layer: nn.Module) -> Tensor:
         if self.training:
             sigmas = self._power_iteration(self.n_power_iterations)
@@ -181,7 +177,7 @@ class ExactSpectralNorm(Reparametrization):
         """The per-sample input shape the current estimate belongs to (None before any)."""
         return tuple(self.v.shape[1:]) if self.v.numel() else None
 
-    @torch.compiler.disable  # eager under torch.compile, as SpectralNorm.forward
+    @torch.compiler.disable  # eager under torch.compile, as Reparametrization.effective_weight
     def observe_input(self, layer: nn.Module, x: Tensor) -> None:
         shape = input_shape_of(layer, x)
         if shape != self.input_shape:
@@ -207,7 +203,6 @@ class ExactSpectralNorm(Reparametrization):
             v = v / v.norm().clamp_min(self.eps)
         self.v.copy_(v)
 
-    @torch.compiler.disable  # eager under torch.compile, as SpectralNorm.forward
     def forward(self, layer: nn.Module) -> Tensor:
         if self.input_shape is None:
             raise RuntimeError(
