@@ -97,3 +97,48 @@ def test_summary_table_counts_diverged_runs_apart():
     table = summary_table(recs)
     assert "| sn | 2 | 0 | 0 | 7 ± 1.4" in table
     assert "| none | 2 | 1 | 0 | 3 (1 run) |" in table
+
+
+@pytest.mark.slow
+def test_compare_under_torchrun_trains_each_run_with_ddp(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "study"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={port}",
+        "--master_addr=127.0.0.1",
+        "-m",
+        "normlab",
+        "compare",
+        "--methods",
+        "sn",
+        "--seeds",
+        "1",
+        "--steps",
+        "6",
+        "--set",
+        "width=8",
+        "--set",
+        "eval_every=0",
+        "--set",
+        "ckpt_every=0",
+        "--set",
+        "log_every=3",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("results:") == 1  # rank 0 alone reports
+    records = json.loads((out / "results.json").read_text())
+    assert [(r["method"], r["status"]) for r in records] == [("sn", "finished")]

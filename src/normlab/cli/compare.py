@@ -9,6 +9,7 @@ where it stopped when run again with the same --out.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 
@@ -110,6 +111,8 @@ def run(args: argparse.Namespace) -> int:
         )
     finally:
         bar.close()
+    if os.environ.get("RANK", "0") != "0":
+        return 0  # under torchrun, rank 0 reports
     print()
     print(console_table(records))
     print()

@@ -9,6 +9,7 @@ Example::
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -81,15 +82,18 @@ def run_study(
     order = {spec.run_dir: i for i, spec in enumerate(runs)}
     done: dict[Path, dict[str, Any]] = {}
     start = time.perf_counter()
+    main_rank = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 writes
     for spec, outcome in run_grid(runs, workers):
         rec = _record(spec, outcome)
         done[spec.run_dir] = rec
-        write_results(sorted(done.values(), key=lambda r: order[Path(r["run_dir"])]), out)
+        if main_rank:
+            write_results(sorted(done.values(), key=lambda r: order[Path(r["run_dir"])]), out)
         if on_result is not None:
             on_result(rec)
     records = [done[spec.run_dir] for spec in runs]
-    write_results(records, out)
-    write_report(records, out, command=command, notes=report_notes(base))
+    if main_rank:
+        write_results(records, out)
+        write_report(records, out, command=command, notes=report_notes(base))
     for rec in records:
         rec.setdefault("study_wall_time", time.perf_counter() - start)
     return records

@@ -4,7 +4,8 @@ Each run trains in its own process with one torch thread (``workers`` processes 
 ``workers`` cores without oversubscription). A run whose folder already holds a final
 ``metrics.json`` is not redone; one that holds checkpoints but no final metrics resumes
 from its newest checkpoint. A run that raises is recorded as ``failed`` with its error,
-and one that diverges as ``diverged``: neither stops the study.
+and one that diverges as ``diverged``: neither stops the study. Started by ``torchrun``,
+the runs go one after the other, each trained with DDP over all the ranks.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from pathlib import Path
 from typing import Any
 
+from normlab.gan.distributed import launched_by_torchrun
 from normlab.study.grid import RunSpec
 
 #: Statuses a run folder's metrics.json can end with (a failed run writes none).
@@ -107,6 +109,10 @@ def run_grid(
     workers = default_workers() if workers is None else workers
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
+    if launched_by_torchrun():
+        # Under torchrun every rank walks the grid in the same order and each run trains
+        # with DDP across the ranks (worker processes would inherit the rank variables).
+        workers = 1
     if workers == 1 or len(pending) <= 1:
         for spec in pending:
             yield spec, _train_one(spec)
