@@ -56,6 +56,20 @@ def add_outer_(grad3: Tensor, row_dim: int, u: Tensor, v: Tensor) -> None:
         grad3.baddbmm_(u.view(1, d1, 1).expand(d0, d1, 1), v.view(d0, 1, r))
 
 
+def scaled_plus_outer(
+    g: Tensor, row_dim: int, u: Tensor, v: Tensor, beta: float, alpha: float
+) -> Tensor:
+    """``beta * g + alpha * u v^T`` (in the reshape with rows along ``row_dim``), one pass."""
+    d0, d1, r = as3d(g).shape
+    if row_dim == 0:
+        out = torch.addr(g.reshape(d0, d1 * r), u, v, beta=beta, alpha=alpha)
+    else:
+        out = torch.baddbmm(
+            as3d(g), u.view(1, d1, 1).expand(d0, d1, 1), v.view(d0, 1, r), beta=beta, alpha=alpha
+        )
+    return out.view(g.shape)
+
+
 def power_step_(w3: Tensor, row_dim: int, u: Tensor, v: Tensor, eps: float) -> Tensor:
     """One step ``v <- N(M^T u)``, ``u <- N(M v)`` in place; returns ``sigma = ||M v||``."""
     v_new = mat_t_vec(w3, row_dim, u)
@@ -88,12 +102,18 @@ class _Normalize(torch.autograd.Function):
         coef = ctx.scale / sigma
         grad_out = grad_out.contiguous()
         inner = torch.dot(grad_out.reshape(-1), weight.reshape(-1))
-        grad = grad_out * coef
-        # A tensor, not a float: no device sync on GPUs.
         alpha = -(coef * inner / sigma) / len(ctx.row_dims)
+        pairs = [(vectors[2 * i], vectors[2 * i + 1]) for i in range(len(ctx.row_dims))]
+        if grad_out.device.type == "cpu":
+            # One fused pass ``coef * G + alpha * u v^T`` (scalars as floats: free on CPU).
+            (u, v), row_dim = pairs[0], ctx.row_dims[0]
+            grad = scaled_plus_outer(grad_out, row_dim, u, v, float(coef), float(alpha))
+            start = 1
+        else:  # on GPUs keep the scalars on the device: no sync
+            grad, start = grad_out * coef, 0
         grad3 = as3d(grad)
-        for i, row_dim in enumerate(ctx.row_dims):
-            add_outer_(grad3, row_dim, vectors[2 * i] * alpha, vectors[2 * i + 1])
+        for (u, v), row_dim in zip(pairs[start:], ctx.row_dims[start:]):
+            add_outer_(grad3, row_dim, u * alpha, v)
         return grad, None, None, None, None
 
 
