@@ -16,11 +16,13 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/normlab compare
 
+# Tests that form torch.distributed groups run after the rest, one at a time.
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 --dist loadfile -q
+	$(BIN)/python -m pytest -n 2 --dist loadfile -q -m "not ddp"
+	$(BIN)/python -m pytest -p no:xdist -q -m ddp
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -n 2 -q -m "not slow"
+	$(BIN)/python -m pytest -n 2 -q -m "not slow and not ddp"
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

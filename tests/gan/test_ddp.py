@@ -33,6 +33,9 @@ from normlab.gan.run import build_networks, load_run_data
 
 WORLD = 2
 
+# Several processes form a torch.distributed group: run serially, outside xdist.
+pytestmark = pytest.mark.ddp
+
 
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

@@ -307,6 +307,7 @@ def _ddp_worker(rank, world, init_file, queue):
 
 
 @pytest.mark.slow
+@pytest.mark.ddp
 def test_ddp_two_ranks_on_cpu(tmp_path):
     import torch.multiprocessing as mp
 

@@ -35,6 +35,9 @@ STEPS = 4
 GLOBAL_BATCH = 8
 RESOLUTION = 8
 
+# Several processes form a torch.distributed group: run serially, outside xdist.
+pytestmark = pytest.mark.ddp
+
 
 def _model(method: str) -> torch.nn.Module:
     torch.manual_seed(0)  # same init and power vectors on every rank and in the reference

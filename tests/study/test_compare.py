@@ -100,6 +100,7 @@ def test_summary_table_counts_diverged_runs_apart():
 
 
 @pytest.mark.slow
+@pytest.mark.ddp
 def test_compare_under_torchrun_trains_each_run_with_ddp(tmp_path):
     import socket
     import subprocess
