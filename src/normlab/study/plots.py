@@ -28,6 +28,14 @@ def _plt():
     return plt
 
 
+def _save(plt, fig, path: Path) -> Path:
+    """Lay out, write ``fig`` as a PNG at ``path``, close it; returns ``path``."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
@@ -77,11 +85,7 @@ def plot_samples(groups: dict[str, list[dict]], out: Path) -> Path | None:
         ax.imshow(plt.imread(png))
         ax.set_title(title, fontsize=10)
         ax.axis("off")
-    fig.tight_layout()
-    path = out / "samples.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, out / "samples.png")
 
 
 def plot_final_metrics(groups: dict[str, list[dict]], metrics: list[str], out: Path) -> Path | None:
@@ -113,11 +117,7 @@ def plot_final_metrics(groups: dict[str, list[dict]], metrics: list[str], out: P
         ax.set_title(metric)
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle("Final metrics: every seed (dots), mean (bar); red: runs diverged/failed")
-    fig.tight_layout()
-    path = out / "final_metrics.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, out / "final_metrics.png")
 
 
 def plot_metric_curves(groups: dict[str, list[dict]], metrics: list[str], out: Path) -> Path | None:
@@ -140,11 +140,7 @@ def plot_metric_curves(groups: dict[str, list[dict]], metrics: list[str], out: P
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle("Metrics over training (mean over seeds)")
-    fig.tight_layout()
-    path = out / "metrics_over_training.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, out / "metrics_over_training.png")
 
 
 def _history(run_dir: Path) -> list[dict]:
@@ -178,11 +174,7 @@ def plot_input_gradients(groups: dict[str, list[dict]], out: Path) -> Path | Non
         ax.set_title(f"||grad_x D(x)||, {title} batch (mean over seeds)")
         ax.grid(alpha=0.3, which="both")
     axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    path = out / "d_input_gradients.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, out / "d_input_gradients.png")
 
 
 def plot_layer_sigmas(groups: dict[str, list[dict]], out: Path) -> Path | None:
@@ -207,8 +199,4 @@ def plot_layer_sigmas(groups: dict[str, list[dict]], out: Path) -> Path | None:
         ax.set_xlabel("step")
         ax.grid(alpha=0.3, which="both")
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    path = out / "layer_sigmas.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, out / "layer_sigmas.png")
