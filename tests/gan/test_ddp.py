@@ -17,7 +17,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -30,17 +29,12 @@ from normlab.gan import distributed
 from normlab.gan.checkpoint import latest_checkpoint
 from normlab.gan.config import TrainConfig
 from normlab.gan.run import build_networks, load_run_data
+from tests._net import free_port
 
 WORLD = 2
 
 # Several processes form a torch.distributed group: run serially, outside xdist.
 pytestmark = pytest.mark.ddp
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _cfg(**kw) -> TrainConfig:
@@ -94,7 +88,7 @@ def _worker(rank: int, port: int, cfg: TrainConfig, out: str, dump: str) -> None
 def _spawn(cfg: TrainConfig, tmp: Path) -> tuple[Path, Path]:
     out, dump = tmp / "ddp", tmp / "dump"
     dump.mkdir()
-    mp.spawn(_worker, args=(_free_port(), cfg, str(out), str(dump)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(free_port(), cfg, str(out), str(dump)), nprocs=WORLD, join=True)
     return out, dump
 
 
@@ -206,7 +200,7 @@ def test_torchrun_cli_and_resume_on_one_process(tmp_path: Path) -> None:
         "torch.distributed.run",
         f"--nproc_per_node={WORLD}",
         "--master_addr=127.0.0.1",
-        f"--master_port={_free_port()}",
+        f"--master_port={free_port()}",
         "-m",
         "normlab",
         "train",

@@ -13,7 +13,6 @@ a few such steps on 2 ranks, each with half the global batch, and then:
 
 from __future__ import annotations
 
-import socket
 import time
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 import normlab as nl
 from normlab.gan.models import StandardCNNDiscriminator
+from tests._net import free_port
 
 METHODS = ("sn", "bssn")
 #: Exact SN learns its vector's shape at the first forward, after DDP has listed the buffers.
@@ -83,18 +83,12 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Run the 2-rank training once (all methods) and return the folder of state dicts."""
     out = tmp_path_factory.mktemp("ddp")
     start = time.perf_counter()
-    mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(free_port(), str(out)), nprocs=WORLD, join=True)
     print(f"2-rank DDP run, {len(METHODS) + 1} methods: {time.perf_counter() - start:.1f} s")
     return out
 

@@ -102,13 +102,12 @@ def test_summary_table_counts_diverged_runs_apart():
 @pytest.mark.slow
 @pytest.mark.ddp
 def test_compare_under_torchrun_trains_each_run_with_ddp(tmp_path):
-    import socket
     import subprocess
     import sys
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from tests._net import free_port
+
+    port = free_port()
     out = tmp_path / "study"
     cmd = [
         sys.executable,

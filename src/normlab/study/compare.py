@@ -10,7 +10,6 @@ Example::
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -81,7 +80,6 @@ def run_study(
     runs = build_grid(base, methods, seeds, scales, out)
     order = {spec.run_dir: i for i, spec in enumerate(runs)}
     done: dict[Path, dict[str, Any]] = {}
-    start = time.perf_counter()
     main_rank = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 writes
     for spec, outcome in run_grid(runs, workers):
         rec = _record(spec, outcome)
@@ -94,6 +92,4 @@ def run_study(
     if main_rank:
         write_results(records, out)
         write_report(records, out, command=command, notes=report_notes(base))
-    for rec in records:
-        rec.setdefault("study_wall_time", time.perf_counter() - start)
     return records
