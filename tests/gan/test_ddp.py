@@ -17,19 +17,17 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from normlab.gan import distributed
 from normlab.gan.checkpoint import latest_checkpoint
 from normlab.gan.config import TrainConfig
 from normlab.gan.run import build_networks, load_run_data
-from tests._net import free_port
+from tests._net import free_port, run_command, run_ranks
 
 WORLD = 2
 
@@ -88,7 +86,7 @@ def _worker(rank: int, port: int, cfg: TrainConfig, out: str, dump: str) -> None
 def _spawn(cfg: TrainConfig, tmp: Path) -> tuple[Path, Path]:
     out, dump = tmp / "ddp", tmp / "dump"
     dump.mkdir()
-    mp.spawn(_worker, args=(free_port(), cfg, str(out), str(dump)), nprocs=WORLD, join=True)
+    run_ranks(_worker, (free_port(), cfg, str(out), str(dump)), nprocs=WORLD)
     return out, dump
 
 
@@ -218,7 +216,7 @@ def test_torchrun_cli_and_resume_on_one_process(tmp_path: Path) -> None:
         *[a for s in sets for a in ("--set", s)],
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    done = run_command(cmd, timeout=180, env=env)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     assert done.stdout.count("finished:") == 1, done.stdout  # rank 0 alone reports
     assert _final(run)["step"] == 4

@@ -269,11 +269,13 @@ def test_public_name():
     assert nl.CrossIterationBatchNorm2d is CBN
 
 
-def _ddp_worker(rank, world, init_file, queue):
+def _ddp_worker(rank, world, port, out):
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
     torch.manual_seed(0)
     torch.set_num_threads(1)
     conv = nn.Conv2d(1, 4, 3, padding=1)
@@ -296,27 +298,23 @@ def _ddp_worker(rank, world, init_file, queue):
     mus = [torch.zeros_like(mu) for _ in range(world)]
     dist.all_gather(mus, mu)
     if rank == 0:
-        queue.put(
-            (
-                bool(torch.isfinite(loss)),
-                float((gathered[0] - gathered[1]).abs().max()),
-                float((mus[0] - mus[1]).abs().max()),
-            )
+        result = (
+            bool(torch.isfinite(loss)),
+            float((gathered[0] - gathered[1]).abs().max()),
+            float((mus[0] - mus[1]).abs().max()),
         )
+        torch.save(result, out)
     dist.destroy_process_group()
 
 
 @pytest.mark.slow
 @pytest.mark.ddp
 def test_ddp_two_ranks_on_cpu(tmp_path):
-    import torch.multiprocessing as mp
+    from tests._net import free_port, run_ranks
 
-    ctx = mp.get_context("spawn")
-    queue = ctx.SimpleQueue()
-    mp.start_processes(
-        _ddp_worker, args=(2, str(tmp_path / "init"), queue), nprocs=2, start_method="spawn"
-    )
-    finite, param_diff, stat_diff = queue.get()
+    out = tmp_path / "result.pt"
+    run_ranks(_ddp_worker, (2, free_port(), str(out)), nprocs=2)
+    finite, param_diff, stat_diff = torch.load(out)
     assert finite
     assert param_diff == 0.0  # weights stay in sync, so the compensation is consistent
     assert stat_diff > 0.0  # statistics are per rank (no SyncBatchNorm-style reduction)

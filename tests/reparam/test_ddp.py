@@ -19,13 +19,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 import normlab as nl
 from normlab.gan.models import StandardCNNDiscriminator
-from tests._net import free_port
+from tests._net import free_port, run_ranks
 
 METHODS = ("sn", "bssn")
 #: Exact SN learns its vector's shape at the first forward, after DDP has listed the buffers.
@@ -88,7 +87,7 @@ def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Run the 2-rank training once (all methods) and return the folder of state dicts."""
     out = tmp_path_factory.mktemp("ddp")
     start = time.perf_counter()
-    mp.spawn(_worker, args=(free_port(), str(out)), nprocs=WORLD, join=True)
+    run_ranks(_worker, (free_port(), str(out)), nprocs=WORLD)
     print(f"2-rank DDP run, {len(METHODS) + 1} methods: {time.perf_counter() - start:.1f} s")
     return out
 

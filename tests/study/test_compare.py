@@ -102,10 +102,9 @@ def test_summary_table_counts_diverged_runs_apart():
 @pytest.mark.slow
 @pytest.mark.ddp
 def test_compare_under_torchrun_trains_each_run_with_ddp(tmp_path):
-    import subprocess
     import sys
 
-    from tests._net import free_port
+    from tests._net import free_port, run_command
 
     port = free_port()
     out = tmp_path / "study"
@@ -137,7 +136,7 @@ def test_compare_under_torchrun_trains_each_run_with_ddp(tmp_path):
         str(out),
         "--no-progress",
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    proc = run_command(cmd, timeout=400)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count("results:") == 1  # rank 0 alone reports
     records = json.loads((out / "results.json").read_text())
