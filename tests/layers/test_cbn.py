@@ -273,6 +273,8 @@ def _ddp_worker(rank, world, port, out):
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
+    from normlab.gan.distributed import leave_group
+
     dist.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
     )
@@ -304,7 +306,8 @@ def _ddp_worker(rank, world, port, out):
             float((mus[0] - mus[1]).abs().max()),
         )
         torch.save(result, out)
-    dist.destroy_process_group()
+    del ddp, opt  # the reducer must not outlive the group (see leave_group)
+    leave_group()
 
 
 @pytest.mark.slow

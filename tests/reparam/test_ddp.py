@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 import normlab as nl
+from normlab.gan import distributed
 from normlab.gan.models import StandardCNNDiscriminator
 from tests._net import free_port, run_ranks
 
@@ -78,8 +79,9 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
             assert ddp.broadcast_buffers and ddp.modules_buffers
             _train(ddp, ddp.parameters(), real[:, mine], fake[:, mine])
             torch.save(model.state_dict(), Path(out_dir) / f"{method}-rank{rank}.pt")
+            del ddp  # its reducer must not outlive the group (see leave_group)
     finally:
-        dist.destroy_process_group()
+        distributed.leave_group()
 
 
 @pytest.fixture(scope="module")

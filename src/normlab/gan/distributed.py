@@ -36,6 +36,7 @@ from __future__ import annotations
 import datetime
 import os
 import random
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -132,13 +133,33 @@ def init(requested_device: str = "cpu") -> Context:
     )
 
 
+#: Seconds to sleep (GIL released) between the last barrier and destroying the group.
+#: A gloo worker thread frees each finished work item, which takes the GIL; the group's
+#: destructor joins those threads while holding the GIL, so a thread still freeing one
+#: deadlocks both (seen with torch 2.13 at the end of DDP runs). The pause lets them finish.
+DRAIN_S = 0.2
+
+
 def teardown(ctx: Context) -> None:
     """Leave the process group ``init`` created (after a barrier); a no-op otherwise."""
     if ctx.owns_group and dist.is_initialized():
-        try:
-            barrier(ctx)
-        finally:
-            dist.destroy_process_group()
+        leave_group(ctx.device)
+
+
+def leave_group(device: torch.device | None = None) -> None:
+    """Barrier, let the backend's threads go idle, destroy the default process group.
+
+    Call it after every DistributedDataParallel wrapper is gone (its reducer holds the
+    group too, and freeing the last reference later joins the threads with the GIL held).
+    """
+    try:
+        if device is not None and device.type == "cuda":
+            dist.barrier(device_ids=[device.index])
+        else:
+            dist.barrier()
+        time.sleep(DRAIN_S)
+    finally:
+        dist.destroy_process_group()
 
 
 def barrier(ctx: Context) -> None:
@@ -305,6 +326,7 @@ __all__ = [
     "env_world_size",
     "init",
     "launched_by_torchrun",
+    "leave_group",
     "loss_weight",
     "main_first",
     "mean_over_ranks",
