@@ -490,7 +490,7 @@ def test_remove_eqlr_without_bias() -> None:
     with torch.no_grad():
         before = layer(x)
     nl.remove(layer)  # was bug 3: AttributeError ('NoneType' object has no attribute 'detach')
-    assert torch.equal(layer(x), before)
+    torch.testing.assert_close(layer(x), before)
 
 
 @ALL_METHODS
@@ -515,10 +515,13 @@ def test_remove_preserves_eval_outputs(spec: Spec, name: str, data: st.DataObjec
         n for n, _ in spec.build().named_parameters()
     ]
     assert isinstance(layer.weight, nn.Parameter) and torch.equal(layer.weight, weight)
+    # Equal up to float rounding: a reparameterized layer may scale its output by the
+    # normalizing coefficient where that is cheaper than scaling its weight.
     with torch.no_grad():
-        torch.testing.assert_close(model(x), before, rtol=0, atol=0)
+        after = model(x)
+        torch.testing.assert_close(after, before)
         model.train()  # and no power step any more
-        torch.testing.assert_close(model(x), before, rtol=0, atol=0)
+        torch.testing.assert_close(model(x), after, rtol=0, atol=0)
 
 
 @ALL_KINDS

@@ -1,5 +1,7 @@
 """Spectral normalization and its variants against independent computations."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -7,6 +9,8 @@ from torch.autograd.functional import jacobian
 from torch.nn.utils import parametrizations
 
 import normlab as nl
+from normlab.reparam import ExactSpectralNorm, set_output_scaling
+from normlab.reparam._layers import linear_map
 from tests.reparam._layers import layer_cases
 
 CASES = layer_cases()
@@ -278,3 +282,114 @@ def test_closed_form_backward_matches_autograd_through_the_formula(
     sigma = sum(sigmas) / len(sigmas)
     (w * 1.4 / sigma * g).sum().backward()
     torch.testing.assert_close(ours, w.grad, rtol=1e-4, atol=1e-5)
+
+
+def _explicit_effective_weight(layer, method, w):
+    """The effective weight as a formula in ``w`` (autograd differentiates all of it)."""
+    reparam = layer.reparam
+    if method == "eqlr":
+        return w * reparam.weight_coef
+    if isinstance(reparam, ExactSpectralNorm):  # on Linear, exact SN is SN
+        v = reparam.v.clone()
+        return w * reparam.scale / linear_map(layer, w)(v).norm()
+    row_dims = reparam._row_dims
+    sigmas = []
+    for i, row_dim in enumerate(row_dims):
+        mat = w.movedim(row_dim, 0).reshape(w.shape[row_dim], -1)
+        sigmas.append(getattr(reparam, f"u{i}") @ mat @ getattr(reparam, f"v{i}"))
+    return w * reparam.scale / (sum(sigmas) / len(sigmas))
+
+
+CONV_CASES = [c for c in CASES if c[4] is not None]
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "fan_in", "out_dim", "shape"), CONV_CASES, ids=[c[0] for c in CONV_CASES]
+)
+@pytest.mark.parametrize("method", ["sn", "bssn", "sn_exact", "eqlr"])
+@pytest.mark.parametrize("mode", ["always", "never"])
+def test_output_scaling_matches_the_formula(name, make, fan_in, out_dim, shape, method, mode):
+    """A layer that scales its output (or its weight) has the formula's output and gradients.
+
+    The layer is called twice (as D on real and fake) before one backward; the vectors are
+    frozen (eval), so the formula's ``sigma`` is exactly the one the layer uses.
+    """
+    torch.manual_seed(11)
+    layer = nl.apply(nn.Sequential(make()), method)[0]
+    x1, x2 = torch.randn(2, *shape, requires_grad=True), torch.randn(2, *shape)
+    layer(x1)  # exact SN sees its input shape
+    layer.eval()
+    layer.reparam._invalidate()
+    raw = layer.reparam.raw_weight
+    bias = layer.reparam.raw_bias if method == "eqlr" else layer._parameters.get("bias")
+    set_output_scaling(mode)
+    try:
+        y = layer(x1) * 1.5 + layer(x2)
+        assert (layer.reparam._factors is not None) == (mode == "always")
+    finally:
+        set_output_scaling("auto")
+    g = torch.randn_like(y)
+    (y * g).sum().backward()
+
+    w = raw.detach().clone().requires_grad_(True)
+    b = None if bias is None else bias.detach().clone().requires_grad_(True)
+    x1r = x1.detach().clone().requires_grad_(True)
+    w_eff = _explicit_effective_weight(layer, method, w)
+    b_eff = b if b is None or method != "eqlr" else b * layer.reparam.lr_multiplier
+    plain = layer._normlab_base.forward
+
+    def ref(x):
+        # the base class's forward with the explicit effective weight and bias
+        clone = copy.copy(layer)
+        clone.__class__ = layer._normlab_base
+        clone._parameters = {"weight": w_eff, "bias": b_eff}
+        return plain(clone, x)
+
+    y_ref = ref(x1r) * 1.5 + ref(x2)
+    (y_ref * g).sum().backward()
+    tol = dict(rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(y, y_ref, **tol)
+    torch.testing.assert_close(raw.grad, w.grad, **tol)
+    torch.testing.assert_close(x1.grad, x1r.grad, **tol)
+    if bias is not None:
+        torch.testing.assert_close(bias.grad, b.grad, **tol)
+
+
+def test_output_scaling_mode_is_checked():
+    with pytest.raises(ValueError, match="'sometimes'"):
+        set_output_scaling("sometimes")
+
+
+def test_weight_and_output_scaling_share_one_power_step():
+    """A big batch (weight scaled) and a small one (output scaled) before one backward: one step."""
+    torch.manual_seed(12)
+    layer = nl.spectral_norm(nn.Linear(16, 8))
+    u_before = layer.reparam.u0.clone()
+    layer(torch.randn(64, 16))  # output 512 > weight 128: the weight is scaled
+    u_after_one = layer.reparam.u0.clone()
+    assert layer.reparam._cached is not None and layer.reparam._factors is None
+    layer(torch.randn(2, 16))  # output 16 < 128: the output is scaled, from the same step
+    assert layer.reparam._factors is not None
+    torch.testing.assert_close(layer.reparam.u0, u_after_one, rtol=0, atol=0)
+    assert not torch.equal(u_before, u_after_one)
+
+
+@pytest.mark.parametrize("method", ["sn", "bsn", "sn_exact", "eqlr"])
+def test_weight_grad_hooks_see_the_effective_weight_gradient_either_way(method):
+    torch.manual_seed(13)
+    grads = {}
+    for mode in ("always", "never"):
+        torch.manual_seed(13)
+        layer = nl.apply(nn.Sequential(nn.Conv2d(3, 6, 3)), method)[0]
+        x = torch.randn(2, 3, 5, 5)
+        layer(x)
+        layer.eval()
+        seen = []
+        layer.reparam.add_weight_grad_hook(seen.append)
+        set_output_scaling(mode)
+        try:
+            layer(x).square().sum().backward()
+        finally:
+            set_output_scaling("auto")
+        (grads[mode],) = seen
+    torch.testing.assert_close(grads["always"], grads["never"], rtol=1e-4, atol=1e-6)

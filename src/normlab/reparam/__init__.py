@@ -1,7 +1,13 @@
 """How a weight is re-expressed: the core of normlab (imports nothing else of it)."""
 
 from normlab.reparam._layers import SUPPORTED_LAYERS, fan_in, operator_norm, output_dim
-from normlab.reparam._wrap import Reparametrization, is_reparametrized, reparametrization_of
+from normlab.reparam._wrap import (
+    Reparametrization,
+    is_reparametrized,
+    reparametrization_of,
+    set_output_scaling,
+    set_weight_cache,
+)
 from normlab.reparam.apply import DEFAULT_SCALE, METHODS, apply, methods_of, remove
 from normlab.reparam.equalized import EqualizedLR, equalized_lr
 from normlab.reparam.spectral import ExactSpectralNorm, SpectralNorm, spectral_norm
@@ -28,6 +34,8 @@ __all__ = [
     "output_dim",
     "remove",
     "reparametrization_of",
+    "set_output_scaling",
+    "set_weight_cache",
     "spectral_norm",
     "weight_norm",
 ]

@@ -116,6 +116,46 @@ def linear_map(module: nn.Module, weight: Tensor) -> Callable[[Tensor], Tensor]:
     raise AssertionError("unreachable")
 
 
+def output_numel(module: nn.Module, x: Tensor) -> int:
+    """How many elements ``module(x)`` has, from shapes alone (convs: up to rounding).
+
+    Embedding gives the weight's size (its output is never scaled instead of its weight).
+    """
+    if isinstance(module, nn.Linear):
+        return x.numel() // module.in_features * module.out_features
+    if isinstance(module, _CONV):
+        return x.numel() // module.in_channels * module.out_channels // math.prod(module.stride)
+    if isinstance(module, _CONV_TRANSPOSE):
+        return x.numel() // module.in_channels * module.out_channels * math.prod(module.stride)
+    return module.reparam.raw_weight.numel()
+
+
+def scaled_map(
+    module: nn.Module, x: Tensor, weight: Tensor, coef: Tensor, bias: Tensor | None
+) -> Tensor:
+    """``module``'s output with weight ``coef * weight``, as ``coef * map(x, weight) + bias``.
+
+    On the CPU the scaling and the bias take one pass over the output (``coef`` read as a
+    float). A ``coef`` that requires grad is multiplied by autograd (which then keeps
+    the unscaled output for its backward); otherwise the product is done in place.
+    """
+    out = linear_map(module, weight)(x)
+    if bias is not None and not isinstance(module, nn.Linear):
+        channel_dim = 1 if x.dim() == len(module.kernel_size) + 2 else 0
+        bias = bias.view(-1, *([1] * (out.dim() - channel_dim - 1)))
+    if bias is not None:
+        bias = bias.to(out.dtype)
+    if coef.requires_grad:
+        out = out * coef.to(out.dtype)
+        return out if bias is None else out + bias
+    if out.device.type == "cpu":
+        if bias is None:
+            return out.mul_(float(coef))
+        return torch.add(bias, out, alpha=float(coef))
+    out = out.mul_(coef.to(out.dtype))
+    return out if bias is None else out.add_(bias)
+
+
 def input_shape_of(module: nn.Module, x: Tensor) -> tuple[int, ...]:
     """The shape of one sample of the input ``x`` seen by ``module`` (batch dim dropped).
 

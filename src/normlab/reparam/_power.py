@@ -127,3 +127,43 @@ def normalize_weight(
     """
     vectors = [t.clone() for t in vectors]
     return _Normalize.apply(weight, sigma.detach(), scale, row_dims, vectors)
+
+
+class _Tie(torch.autograd.Function):
+    """``W`` itself (a view), for ``y = map(x, W) * scale / sigma``: adds the path through sigma.
+
+    With ``coef = scale / sigma`` a constant of autograd, the gradient reaching ``W`` through
+    the layer is ``G = coef * dL/dW_eff``; the part through ``sigma`` is then
+    ``-<G, W> / sigma * dsigma/dW`` (``<dL/dcoef, coef> = <G, W>``, as the map is linear
+    in ``W``), so the backward is ``G - <G, W> / sigma * mean_i u_i v_i^T``: one dot and one
+    fused pass, with no copy of the weight in the forward.
+    """
+
+    @staticmethod
+    def forward(ctx, weight, sigma, row_dims, vectors):
+        ctx.save_for_backward(weight, sigma, *vectors)
+        ctx.row_dims = row_dims
+        return weight.view_as(weight)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        weight, sigma, *vectors = ctx.saved_tensors
+        grad_out = grad_out.contiguous()
+        inner = torch.dot(grad_out.reshape(-1), weight.reshape(-1))
+        alpha = -(inner / sigma) / len(ctx.row_dims)  # a tensor: no device sync
+        grad = None
+        for i, row_dim in enumerate(ctx.row_dims):
+            u, v = vectors[2 * i] * alpha, vectors[2 * i + 1]
+            if grad is None:
+                grad = scaled_plus_outer(grad_out, row_dim, u, v, 1.0, 1.0)
+            else:
+                add_outer_(as3d(grad), row_dim, u, v)
+        return grad, None, None, None
+
+
+def tie_weight(
+    weight: Tensor, sigma: Tensor, row_dims: tuple[int, ...], vectors: list[Tensor]
+) -> Tensor:
+    """``weight`` for ``map(x, weight) * scale / sigma``; arguments as ``normalize_weight``."""
+    vectors = [t.clone() for t in vectors]
+    return _Tie.apply(weight, sigma.detach(), row_dims, vectors)

@@ -21,13 +21,17 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from normlab.reparam._layers import check_supported
+from normlab.reparam._layers import check_supported, output_numel, scaled_map
 
 #: Name of the child module that holds a layer's reparameterization.
 REPARAM_ATTR = "reparam"
 
 _MISSING = object()
 _CACHE_ENABLED = True
+#: When a layer scales its output instead of its weight: "auto" (when the output is
+#: smaller), "always" or "never"; see ``set_output_scaling``.
+_OUTPUT_SCALING = "auto"
+OUTPUT_SCALING_MODES = ("auto", "always", "never")
 _WRAPPED_CLASSES: dict[type[nn.Module], type[nn.Module]] = {}
 
 
@@ -63,6 +67,13 @@ class Reparametrization(nn.Module):
     owns_bias: bool = False
     #: Whether ``observe_input`` must be called with each forward's input.
     needs_input: bool = False
+    #: Whether ``factors`` is implemented (``W_eff = coef * tied``, ``coef`` a scalar).
+    factorable: bool = False
+    # The cached ``factored_weight`` result and its key (class defaults: older pickles).
+    _factors: tuple[Tensor, Tensor] | None = None
+    _factors_key: tuple | None = None
+    # True while computing for a state the other path (weight / factors) already stepped.
+    _reuse_step: bool = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -87,8 +98,26 @@ class Reparametrization(nn.Module):
     def effective_bias(self) -> Tensor | None:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def factors(self, layer: nn.Module) -> tuple[Tensor, Tensor]:  # pragma: no cover
+        """``(tied, coef)`` with ``W_eff = coef * tied`` and ``coef`` a 0-d tensor.
+
+        ``tied`` is the raw weight itself (a view, no copy) and carries the gradient of
+        everything ``coef`` hides that autograd does not see through ``coef``; see
+        ``_forward`` for why a layer computes ``map(x, tied) * coef`` when it can.
+        """
+        raise NotImplementedError
+
     def observe_input(self, layer: nn.Module, x: Tensor) -> None:
         """Hook for methods that depend on the input's shape (exact SN)."""
+
+    def takes_step(self) -> bool:
+        """Whether the computation under way takes an estimation step (power iteration).
+
+        True in training mode, except when the same state was already computed the
+        other way (``layer.weight`` and the layer's forward at another batch size share
+        one step, as two forwards at one batch size do).
+        """
+        return self.training and not self._reuse_step
 
     def _cache_key(self) -> tuple | None:
         grad = torch.is_grad_enabled()
@@ -107,6 +136,8 @@ class Reparametrization(nn.Module):
     def _invalidate(self, grad: Tensor | None = None) -> None:
         self._cached = None
         self._cached_key = None
+        self._factors = None
+        self._factors_key = None
 
     # Eager under torch.compile (a graph break per layer; the layer's own op stays compiled):
     # the cache then works the same compiled or not, and inductor (torch 2.13) mis-compiles
@@ -117,8 +148,12 @@ class Reparametrization(nn.Module):
         key = self._cache_key()
         if key is not None and key == self._cached_key:
             return self._cached
-        with torch.autocast(device_type=_device_type(self), enabled=False):
-            weight = self(layer)
+        self._reuse_step = key is not None and key == self._factors_key
+        try:
+            with torch.autocast(device_type=_device_type(self), enabled=False):
+                weight = self(layer)
+        finally:
+            self._reuse_step = False
         if weight.requires_grad:
             weight.register_hook(self._invalidate)
             for fn in self._weight_grad_hooks.values():
@@ -128,13 +163,65 @@ class Reparametrization(nn.Module):
             self._cached, self._cached_key = weight, self._cache_key()
         return weight
 
+    @torch.compiler.disable
+    def factored_weight(self, layer: nn.Module) -> tuple[Tensor, Tensor]:
+        """``factors(layer)`` in float32, cached like ``effective_weight``.
+
+        Weight-gradient hooks see the gradient w.r.t. the effective weight, as there:
+        the gradient reaching ``tied`` is ``coef`` times it.
+        """
+        key = self._cache_key()
+        if key is not None and key == self._factors_key:
+            return self._factors
+        self._reuse_step = key is not None and key == self._cached_key
+        try:
+            with torch.autocast(device_type=_device_type(self), enabled=False):
+                tied, coef = self.factors(layer)
+        finally:
+            self._reuse_step = False
+        if tied.requires_grad:
+            tied.register_hook(self._invalidate)
+            for fn in self._weight_grad_hooks.values():
+                tied.register_hook(_per_effective_weight(fn, coef.detach()))
+        if key is not None:
+            self._factors, self._factors_key = (tied, coef), self._cache_key()
+        return tied, coef
+
     def __getstate__(self) -> dict:
-        # Neither the cached non-leaf tensor nor the instruments' hooks are part of the state.
+        # Neither the cached non-leaf tensors nor the instruments' hooks are part of the state.
         state = self.__dict__.copy()
         state["_cached"] = None
         state["_cached_key"] = None
+        state.pop("_factors", None)
+        state.pop("_factors_key", None)
         state["_weight_grad_hooks"] = OrderedDict()
         return state
+
+
+def _per_effective_weight(fn: Callable[[Tensor], Any], coef: Tensor) -> Callable[[Tensor], None]:
+    def hook(grad: Tensor) -> None:
+        fn(grad / coef)
+
+    return hook
+
+
+def set_output_scaling(mode: str) -> None:
+    """Where SN-family and eqlr layers apply their scalar coefficient, globally.
+
+    ``"auto"`` (default): on the output where it has fewer elements than the weight, on
+    the weight elsewhere; ``"always"`` / ``"never"``: always on the output / the weight.
+    The results agree up to float rounding; only speed and memory differ.
+    """
+    global _OUTPUT_SCALING
+    if mode not in OUTPUT_SCALING_MODES:
+        raise ValueError(f"output scaling mode must be one of {OUTPUT_SCALING_MODES}, got {mode!r}")
+    _OUTPUT_SCALING = mode
+
+
+def _scales_output(layer: nn.Module, reparam: Reparametrization, x: Tensor) -> bool:
+    if not reparam.factorable or _OUTPUT_SCALING == "never" or torch.compiler.is_compiling():
+        return False
+    return _OUTPUT_SCALING == "always" or output_numel(layer, x) < reparam.raw_weight.numel()
 
 
 def set_weight_cache(enabled: bool) -> None:
@@ -173,10 +260,22 @@ def _set_weight(self: nn.Module, value: Any) -> None:
 
 
 def _forward(self: nn.Module, input: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+    """The layer's forward, with its weight scaled on whichever side is smaller.
+
+    A layer whose effective weight is ``coef * W`` (a scalar ``coef``) computes
+    ``map(x, coef * W) = coef * map(x, W)``. Where the output has fewer elements than the
+    weight (the deep layers of a CNN at small batch), scaling the output instead saves a
+    weight-sized copy in memory (the conv would keep ``coef * W`` for its backward) and a
+    pass over the weight in each direction; the gradient through ``coef`` reaches ``W``
+    by ``tied``'s backward (see ``Reparametrization.factors``).
+    """
     reparam = self._modules[REPARAM_ATTR]
     if reparam.needs_input:
         with torch.autocast(device_type=_device_type(reparam), enabled=False):
             reparam.observe_input(self, input)
+    if not args and not kwargs and _scales_output(self, reparam, input):
+        tied, coef = reparam.factored_weight(self)
+        return scaled_map(self, input, tied, coef, self.bias)
     return self._normlab_base.forward(self, input, *args, **kwargs)
 
 

@@ -68,6 +68,13 @@ class EqualizedLR(Reparametrization):
     def forward(self, layer: nn.Module) -> Tensor:
         return self.raw_weight * self.weight_coef
 
+    factorable = True
+
+    def factors(self, layer: nn.Module) -> tuple[Tensor, Tensor]:
+        """``(W_raw, coef)``: a constant coefficient, so nothing to add in the backward."""
+        raw = self.raw_weight
+        return raw.view_as(raw), torch.tensor(self.weight_coef, dtype=raw.dtype, device=raw.device)
+
     def effective_bias(self) -> Tensor | None:
         if self.raw_bias is None or self.lr_multiplier == 1.0:
             return self.raw_bias

@@ -45,7 +45,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from normlab.reparam._layers import input_shape_of, linear_map, output_dim
-from normlab.reparam._power import as3d, mat_t_vec, normalize_weight, power_step_, sigma_of
+from normlab.reparam._power import (
+    as3d,
+    mat_t_vec,
+    normalize_weight,
+    power_step_,
+    sigma_of,
+    tie_weight,
+)
 from normlab.reparam._wrap import Reparametrization, check_can_register, register
 
 #: Power-iteration steps run at registration (PyTorch's parametrization uses 15 too).
@@ -129,7 +136,7 @@ class SpectralNorm(Reparametrization):
         )
 
     def forward(self, layer: nn.Module) -> Tensor:
-        if self.training:
+        if self.takes_step():
             sigmas = self._power_iteration(self.n_power_iterations)
         else:
             sigmas = self.current_sigmas()
@@ -138,6 +145,20 @@ class SpectralNorm(Reparametrization):
         return normalize_weight(
             self.raw_weight, sigma.clamp_min(self.eps), self.scale, self._row_dims, self._vectors()
         )
+
+    factorable = True
+
+    def factors(self, layer: nn.Module) -> tuple[Tensor, Tensor]:
+        """``(W, scale / sigma)``: the same step and sigma as ``forward``, without the copy."""
+        if self.takes_step():
+            sigmas = self._power_iteration(self.n_power_iterations)
+        else:
+            sigmas = self.current_sigmas()
+        self.last_sigmas = sigmas
+        sigma = sigmas[0] if len(sigmas) == 1 else (sigmas[0] + sigmas[1]) / 2
+        sigma = sigma.clamp_min(self.eps)
+        tied = tie_weight(self.raw_weight, sigma, self._row_dims, self._vectors())
+        return tied, (self.scale / sigma).detach()
 
     def effective_bias(self) -> Tensor | None:  # pragma: no cover - owns_bias is False
         return None
@@ -203,19 +224,30 @@ class ExactSpectralNorm(Reparametrization):
             v = v / v.norm().clamp_min(self.eps)
         self.v.copy_(v)
 
-    def forward(self, layer: nn.Module) -> Tensor:
+    def _coef(self, layer: nn.Module) -> Tensor:
+        """``scale / ||A_W v||`` after this forward's step, differentiable in ``W``."""
         if self.input_shape is None:
             raise RuntimeError(
                 "the exact spectral norm of this layer depends on its input shape, which it has "
                 "not seen yet: call the model on a batch first (or use method 'sn')"
             )
-        if self.training:
+        if self.takes_step():
             self._power_iteration(layer, self.n_power_iterations)
         weight = self.raw_weight
         v = self.v.clone(memory_format=torch.contiguous_format)
         sigma = linear_map(layer, weight)(v.to(weight.dtype)).norm()
         self.last_sigmas = (sigma.detach(),)
-        return weight * (self.scale / sigma.clamp_min(self.eps))
+        return self.scale / sigma.clamp_min(self.eps)
+
+    def forward(self, layer: nn.Module) -> Tensor:
+        return self.raw_weight * self._coef(layer)
+
+    factorable = True
+
+    def factors(self, layer: nn.Module) -> tuple[Tensor, Tensor]:
+        """``(W, scale / sigma)``; autograd takes the gradient through ``sigma``."""
+        coef = self._coef(layer)
+        return self.raw_weight.view_as(self.raw_weight), coef
 
     def effective_bias(self) -> Tensor | None:  # pragma: no cover - owns_bias is False
         return None
