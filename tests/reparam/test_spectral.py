@@ -10,7 +10,7 @@ from torch.nn.utils import parametrizations
 
 import normlab as nl
 from normlab.reparam import ExactSpectralNorm, set_output_scaling
-from normlab.reparam._layers import linear_map
+from normlab.reparam._layers import conv_adjoint, conv_args, conv_weight_grad, linear_map
 from tests.reparam._layers import layer_cases
 
 CASES = layer_cases()
@@ -393,3 +393,109 @@ def test_weight_grad_hooks_see_the_effective_weight_gradient_either_way(method):
             set_output_scaling("auto")
         (grads[mode],) = seen
     torch.testing.assert_close(grads["always"], grads["never"], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "fan_in", "out_dim", "shape"),
+    CONV_CASES[1:],
+    ids=[c[0] for c in CONV_CASES[1:]],
+)
+def test_conv_adjoint_and_weight_gradient_match_autograd(name, make, fan_in, out_dim, shape):
+    """The kernels exact SN steps with: <A^T u, v> = <u, A v>, and d(u^T A_W v)/dW."""
+    torch.manual_seed(14)
+    layer = make()
+    args = conv_args(layer)
+    assert args is not None
+    w = layer.weight.detach().clone().requires_grad_(True)
+    v = torch.randn(1, *shape)
+    y = linear_map(layer, w)(v)
+    u = torch.randn_like(y)
+    (u * y).sum().backward()
+    torch.testing.assert_close(conv_weight_grad(args, u, v, w.detach()), w.grad)
+    back = conv_adjoint(args, u, v, w.detach())
+    assert back.shape == v.shape
+    torch.testing.assert_close((back * v).sum(), (u * y).sum().detach())
+
+
+def test_conv_args_leave_non_plain_convs_to_autograd():
+    assert conv_args(nn.Conv2d(3, 4, 3, padding=1, padding_mode="circular")) is None
+    assert conv_args(nn.Conv2d(3, 4, 3, padding="same")) is None
+    assert conv_args(nn.Linear(3, 4)) is None
+
+
+@pytest.mark.parametrize("padding_mode", ["zeros", "circular"])
+def test_exact_sn_training_gradient_matches_the_bilinear_formula(padding_mode):
+    """In training, sigma = u^T A_W v of the step; its gradient reaches the raw weight."""
+    torch.manual_seed(15)
+    layer = nl.spectral_norm(
+        nn.Conv2d(3, 5, 3, stride=2, padding=1, padding_mode=padding_mode), exact=True
+    )
+    x = torch.randn(2, 3, 7, 7)
+    layer(x)
+    reparam = layer.reparam
+    reparam._invalidate()  # the next read takes a fresh step
+    v_old = reparam.v.clone()
+    raw = reparam.raw_weight
+    g = torch.randn_like(raw)
+    (layer.weight * g).sum().backward()  # one training step through the weight path
+    w = raw.detach().clone().requires_grad_(True)
+    fn = linear_map(layer, w)
+    with torch.no_grad():
+        y = fn(v_old)
+        u = y / y.norm()
+    v_new = reparam.v
+    if padding_mode == "zeros":
+        sigma = (u * fn(v_new)).sum()  # the bilinear estimate the step gives
+    else:
+        sigma = fn(v_new).norm()  # autograd's fallback: ||A v_new||
+    (w * reparam.scale / sigma * g).sum().backward()
+    torch.testing.assert_close(raw.grad, w.grad, rtol=1e-4, atol=1e-5)
+    # the new v is the normalized A^T u of the step
+    with torch.enable_grad():
+        vv = v_old.clone().requires_grad_(True)
+        (back,) = torch.autograd.grad(fn(vv), vv, u if padding_mode == "zeros" else fn(vv))
+    torch.testing.assert_close(v_new, back / back.norm(), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: nn.Conv2d(3, 5, 3, stride=2, padding=1),  # the unfold GEMM
+        lambda: nn.Conv2d(4, 6, 3, groups=2, dilation=2),  # the conv's own kernel
+        lambda: nn.ConvTranspose2d(3, 4, 3, stride=2, padding=1, output_padding=1),
+        lambda: nn.Conv1d(3, 4, 3, padding=1),
+    ],
+    ids=["conv2d", "grouped", "transposed", "conv1d"],
+)
+@pytest.mark.parametrize("mode", ["always", "never"])
+def test_exact_sn_training_step_output_and_gradients_match_the_formula(make, mode):
+    torch.manual_seed(16)
+    layer = nl.spectral_norm(make(), exact=True)
+    spatial = (7,) * (layer.reparam.raw_weight.dim() - 2)
+    x = torch.randn(2, layer.in_channels, *spatial, requires_grad=True)
+    layer(x)
+    reparam = layer.reparam
+    reparam._invalidate()
+    v_old = reparam.v.clone()
+    set_output_scaling(mode)
+    try:
+        y = layer(x)
+        assert (reparam._factors is not None) == (mode == "always")
+    finally:
+        set_output_scaling("auto")
+    gy = torch.randn_like(y)
+    (y * gy).sum().backward()
+
+    w = reparam.raw_weight.detach().clone().requires_grad_(True)
+    xr = x.detach().clone().requires_grad_(True)
+    fn = linear_map(layer, w)
+    with torch.no_grad():
+        u = fn(v_old)
+        u = u / u.norm()
+    sigma = (u * fn(reparam.v)).sum()
+    bias = layer.bias.view(-1, *([1] * len(spatial)))
+    y_ref = linear_map(layer, w / sigma)(xr) + bias
+    (y_ref * gy).sum().backward()
+    torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(reparam.raw_weight.grad, w.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(x.grad, xr.grad, rtol=1e-4, atol=1e-5)

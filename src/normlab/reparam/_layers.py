@@ -116,6 +116,58 @@ def linear_map(module: nn.Module, weight: Tensor) -> Callable[[Tensor], Tensor]:
     raise AssertionError("unreachable")
 
 
+def conv_args(module: nn.Module) -> tuple | None:
+    """The geometry arguments of ``aten.convolution_backward`` for ``module``'s bias-free map.
+
+    ``(stride, padding, dilation, transposed, output_padding, groups)``, or None where the
+    map is not one zero-padded convolution (Linear, Embedding, padding modes other than
+    zeros, string padding such as ``"same"``).
+    """
+    if not isinstance(module, _CONV + _CONV_TRANSPOSE):
+        return None
+    if module.padding_mode != "zeros" or isinstance(module.padding, str):
+        return None
+    transposed = isinstance(module, _CONV_TRANSPOSE)
+    spatial = len(module.kernel_size)
+    output_padding = list(module.output_padding) if transposed else [0] * spatial
+    return (
+        list(module.stride),
+        list(module.padding),
+        list(module.dilation),
+        transposed,
+        output_padding,
+        module.groups,
+    )
+
+
+def conv_adjoint(args: tuple, y: Tensor, x: Tensor, weight: Tensor) -> Tensor:
+    """``A^T y`` for the conv map ``A`` of ``conv_args`` (``x``: an input of the right shape)."""
+    return torch.ops.aten.convolution_backward(y, x, weight, None, *args, [True, False, False])[0]
+
+
+def conv_weight_grad(args: tuple, y: Tensor, x: Tensor, weight: Tensor) -> Tensor:
+    """``d <y, A_W x> / dW`` for the conv map of ``conv_args``, shaped like ``weight``."""
+    return torch.ops.aten.convolution_backward(y, x, weight, None, *args, [False, True, False])[1]
+
+
+def sub_conv_weight_grad_(
+    grad: Tensor, args: tuple, y: Tensor, x: Tensor, weight: Tensor, coef: Tensor
+) -> Tensor:
+    """``grad -= coef * d <y, A_W x> / dW`` in place (``grad`` contiguous, like ``weight``).
+
+    For a plain 2-D conv (no groups, not transposed) the weight gradient is the GEMM
+    ``Y @ unfold(x)^T``, added straight into ``grad``; elsewhere the conv's own kernel.
+    """
+    stride, padding, dilation, transposed, _, groups = args
+    if weight.dim() == 4 and not transposed and groups == 1 and x.shape[0] == 1:
+        cols = F.unfold(x, weight.shape[2:], dilation=dilation, padding=padding, stride=stride)
+        out = weight.shape[0]
+        y_mat = y.reshape(out, -1) * (-coef)
+        grad.view(out, -1).addmm_(y_mat, cols[0].t())
+        return grad
+    return grad.sub_(conv_weight_grad(args, y * coef, x, weight))
+
+
 def output_numel(module: nn.Module, x: Tensor) -> int:
     """How many elements ``module(x)`` has, from shapes alone (convs: up to rounding).
 

@@ -72,11 +72,11 @@ def scaled_plus_outer(
 
 def power_step_(w3: Tensor, row_dim: int, u: Tensor, v: Tensor, eps: float) -> Tensor:
     """One step ``v <- N(M^T u)``, ``u <- N(M v)`` in place; returns ``sigma = ||M v||``."""
-    v_new = mat_t_vec(w3, row_dim, u)
-    v.copy_(v_new / v_new.norm().clamp_min(eps))
-    u_new = mat_vec(w3, row_dim, v)
-    sigma = u_new.norm()
-    u.copy_(u_new / sigma.clamp_min(eps))
+    v.copy_(mat_t_vec(w3, row_dim, u))
+    v.div_(torch.linalg.vector_norm(v).clamp_min_(eps))
+    u.copy_(mat_vec(w3, row_dim, v))
+    sigma = torch.linalg.vector_norm(u)
+    u.div_(sigma.clamp_min(eps))
     return sigma
 
 
@@ -148,16 +148,15 @@ class _Tie(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         weight, sigma, *vectors = ctx.saved_tensors
-        grad_out = grad_out.contiguous()
-        inner = torch.dot(grad_out.reshape(-1), weight.reshape(-1))
+        # The incoming gradient is autograd's own buffer (the layer's weight gradient; the
+        # only hooks on ``tied`` read it and copy), so the rank-one terms go in in place:
+        # in-place passes over fresh memory cost about half as much on the CPU.
+        grad = grad_out if grad_out.is_contiguous() else grad_out.contiguous()
+        inner = torch.dot(grad.reshape(-1), weight.reshape(-1))
         alpha = -(inner / sigma) / len(ctx.row_dims)  # a tensor: no device sync
-        grad = None
+        grad3 = as3d(grad)
         for i, row_dim in enumerate(ctx.row_dims):
-            u, v = vectors[2 * i] * alpha, vectors[2 * i + 1]
-            if grad is None:
-                grad = scaled_plus_outer(grad_out, row_dim, u, v, 1.0, 1.0)
-            else:
-                add_outer_(as3d(grad), row_dim, u, v)
+            add_outer_(grad3, row_dim, vectors[2 * i] * alpha, vectors[2 * i + 1])
         return grad, None, None, None
 
 

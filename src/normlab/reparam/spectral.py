@@ -44,7 +44,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from normlab.reparam._layers import input_shape_of, linear_map, output_dim
+from normlab.reparam._layers import (
+    conv_adjoint,
+    conv_args,
+    conv_weight_grad,
+    input_shape_of,
+    linear_map,
+    output_dim,
+    sub_conv_weight_grad_,
+)
 from normlab.reparam._power import (
     as3d,
     mat_t_vec,
@@ -213,41 +221,73 @@ class ExactSpectralNorm(Reparametrization):
         self._power_iteration(layer, WARMUP_ITERATIONS)
 
     @torch.no_grad()
-    def _power_iteration(self, layer: nn.Module, n: int) -> None:
-        fn = linear_map(layer, self.raw_weight.detach())
-        v = self.v
-        for _ in range(n):
-            with torch.enable_grad():
-                x = v.detach().requires_grad_(True)
-                y = fn(x)
-                (v,) = torch.autograd.grad(y, x, y.detach())
-            v = v / v.norm().clamp_min(self.eps)
-        self.v.copy_(v)
+    def _power_iteration(self, layer: nn.Module, n: int) -> tuple[Tensor, Tensor] | None:
+        """``n`` steps ``u <- N(A v)``, ``v <- N(A^T u)``; returns the last ``(u, u^T A v)``.
 
-    def _coef(self, layer: nn.Module) -> Tensor:
-        """``scale / ||A_W v||`` after this forward's step, differentiable in ``W``."""
+        ``A^T`` is the conv's own input-gradient kernel; for maps that are not one
+        zero-padded conv (circular padding, ``padding="same"``) autograd takes the adjoint
+        and None is returned.
+        """
+        weight = self.raw_weight.detach()
+        fn = linear_map(layer, weight)
+        args = conv_args(layer)
+        v = self.v
+        u = sigma = None
+        for _ in range(n):
+            if args is None:
+                with torch.enable_grad():
+                    x = v.detach().requires_grad_(True)
+                    y = fn(x)
+                    (back,) = torch.autograd.grad(y, x, y.detach())
+                v = back / back.norm().clamp_min(self.eps)
+                continue
+            y = fn(v)
+            u = y / y.norm().clamp_min(self.eps)
+            back = conv_adjoint(args, u, v, weight)
+            sigma = back.norm()  # = u^T A v_new with v_new = back / ||back||
+            v = back / sigma.clamp_min(self.eps)
+        self.v.copy_(v)
+        return None if u is None else (u, sigma)
+
+    def _estimate(self, layer: nn.Module) -> tuple[Tensor, Tensor | None, Tensor]:
+        """``(sigma, u, v)`` of this forward: after a step ``sigma = u^T A v`` (detached);
+        without one (eval) ``u`` is None and ``sigma = ||A_W v||``, differentiable in ``W``.
+        """
         if self.input_shape is None:
             raise RuntimeError(
                 "the exact spectral norm of this layer depends on its input shape, which it has "
                 "not seen yet: call the model on a batch first (or use method 'sn')"
             )
-        if self.takes_step():
-            self._power_iteration(layer, self.n_power_iterations)
         weight = self.raw_weight
+        stepped = (
+            self._power_iteration(layer, self.n_power_iterations) if self.takes_step() else None
+        )
         v = self.v.clone(memory_format=torch.contiguous_format)
-        sigma = linear_map(layer, weight)(v.to(weight.dtype)).norm()
+        if stepped is not None:
+            u, sigma = stepped
+        else:
+            u, sigma = None, linear_map(layer, weight)(v.to(weight.dtype)).norm()
         self.last_sigmas = (sigma.detach(),)
-        return self.scale / sigma.clamp_min(self.eps)
+        return sigma, u, v
 
     def forward(self, layer: nn.Module) -> Tensor:
-        return self.raw_weight * self._coef(layer)
+        sigma, u, v = self._estimate(layer)
+        if u is not None:  # d sigma / dW by one weight-gradient conv
+            sigma = _BilinearSigma.apply(self.raw_weight, sigma, u, v, conv_args(layer))
+        return self.raw_weight * (self.scale / sigma.clamp_min(self.eps))
 
     factorable = True
 
     def factors(self, layer: nn.Module) -> tuple[Tensor, Tensor]:
-        """``(W, scale / sigma)``; autograd takes the gradient through ``sigma``."""
-        coef = self._coef(layer)
-        return self.raw_weight.view_as(self.raw_weight), coef
+        """``(W, scale / sigma)``: after a step the gradient through sigma is added by
+        ``tied``'s backward (in place); in eval autograd takes it through ``coef``."""
+        sigma, u, v = self._estimate(layer)
+        weight = self.raw_weight
+        if u is None:
+            return weight.view_as(weight), self.scale / sigma.clamp_min(self.eps)
+        sigma = sigma.clamp_min(self.eps)
+        tied = _ExactTie.apply(weight, sigma, u, v, conv_args(layer))
+        return tied, (self.scale / sigma).detach()
 
     def effective_bias(self) -> Tensor | None:  # pragma: no cover - owns_bias is False
         return None
@@ -261,6 +301,43 @@ class ExactSpectralNorm(Reparametrization):
 
     def extra_repr(self) -> str:
         return f"scale={self.scale:g}, input_shape={self.input_shape}"
+
+
+class _BilinearSigma(torch.autograd.Function):
+    """``sigma = u^T A_W v`` (given), with ``d sigma / dW`` = the conv's weight gradient."""
+
+    @staticmethod
+    def forward(ctx, weight, sigma, u, v, args):
+        ctx.save_for_backward(weight, u, v)
+        ctx.args = args
+        return sigma.clone()
+
+    @staticmethod
+    def backward(ctx, grad_sigma):
+        weight, u, v = ctx.saved_tensors
+        grad = conv_weight_grad(ctx.args, u, v, weight).mul_(grad_sigma)
+        return grad, None, None, None, None
+
+
+class _ExactTie(torch.autograd.Function):
+    """``W`` itself for ``y = A_W(x) * scale / sigma``, ``sigma = u^T A_W v`` (as ``_power._Tie``).
+
+    Backward: ``G - <G, W> / sigma * d sigma / dW``, the last term a weight-gradient
+    conv of ``(u, v)`` subtracted in place from the incoming gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, weight, sigma, u, v, args):
+        ctx.save_for_backward(weight, sigma, u, v)
+        ctx.args = args
+        return weight.view_as(weight)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        weight, sigma, u, v = ctx.saved_tensors
+        grad = grad_out if grad_out.is_contiguous() else grad_out.contiguous()
+        coef = torch.dot(grad.reshape(-1), weight.reshape(-1)) / sigma
+        return sub_conv_weight_grad_(grad, ctx.args, u, v, weight, coef), None, None, None, None
 
 
 def _check_number(name: str, value: float, where: str, integer: bool = False) -> None:
