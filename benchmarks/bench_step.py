@@ -1,16 +1,20 @@
-"""Time (and peak memory) of GAN training steps under each method, as ratios to no normalization.
+"""Time and peak memory of GAN training steps under each method, as ratios to no normalization.
 
 The model is the SNGAN/BSN "standard CNN" discriminator at 32x32x3 (width 64). One
 step is what a GAN's D update does: D(real) and D(fake) (the same layers used twice),
-the hinge loss, one backward, one Adam step. Methods are timed *interleaved* (one step
-of each in turn, repeated) and the median of each is reported, so that a change in the
-machine's load hits every method alike. PyTorch's own ``spectral_norm`` and
-``weight_norm`` parametrizations are timed on the same model for reference.
+the hinge loss, one backward, one Adam step. Each method is timed *interleaved* with
+its own unnormalized twin (one step of each in turn, repeated; the median of each), as
+one training process would hold one model: a change in the machine's load hits both
+alike. PyTorch's own ``spectral_norm`` and ``weight_norm`` parametrizations are timed
+on the same model for reference.
 
-With ``--full`` the step is a whole GAN iteration: one D update as above, then one G
-update through D, with the standard CNN generator (the method on D only for the SN family,
-on D and G for eqlr and wn, as the lab does). With ``--memory`` each method runs in a
-fresh process and the peak resident memory it reaches is reported (ratio to 'none').
+With ``--full`` the step is a whole GAN iteration as the lab's trainer runs it: one D
+update as above, then one G update through a frozen D (``requires_grad_(False)``), with
+the standard CNN generator (the method on D only for the SN family, on D and G for eqlr
+and wn, as the lab does). With ``--memory`` the peak of tensor memory is reported too:
+what the parameters, gradients and optimizer state hold before a step plus the highest
+point the step's own allocations reach, from PyTorch's profiler (the allocator's
+records, not the process's resident size, which the allocator's caching blurs).
 
     python benchmarks/bench_step.py [--batch 64 16] [--steps 30] [--threads 2] [--full] [--memory]
 
@@ -23,8 +27,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 
@@ -69,71 +71,111 @@ def build_generator(method: str, resolution: int, seed: int = 0) -> nn.Module:
     return g
 
 
-def make_gan_step(method: str, batch: int, resolution: int) -> Callable[[], None]:
-    """One D update and one G update of the hinge-loss GAN, as the lab's trainer runs them."""
-    d, g = build(method, resolution), build_generator(method, resolution)
-    opt_d = torch.optim.Adam(d.parameters(), lr=2e-4, betas=(0.5, 0.999))
-    opt_g = torch.optim.Adam(g.parameters(), lr=2e-4, betas=(0.5, 0.999))
-    real = torch.randn(batch, 3, resolution, resolution)
+class Stepper:
+    """One method's networks, optimizers and batch; ``step()`` runs one training step."""
 
-    def step() -> None:
-        with torch.no_grad():
-            fake = g(torch.randn(batch, 128))
+    def __init__(self, method: str, batch: int, resolution: int, full: bool) -> None:
+        self.d = build(method, resolution)
+        self.opt_d = torch.optim.Adam(self.d.parameters(), lr=2e-4, betas=(0.5, 0.999))
+        self.real = torch.randn(batch, 3, resolution, resolution)
+        self.batch = batch
+        if full:
+            self.g = build_generator(method, resolution)
+            self.opt_g = torch.optim.Adam(self.g.parameters(), lr=2e-4, betas=(0.5, 0.999))
+            self.fake = None
+        else:
+            self.g = self.opt_g = None
+            self.fake = torch.randn(batch, 3, resolution, resolution)
+
+    def step(self) -> None:
+        d, opt_d = self.d, self.opt_d
+        if self.g is None:
+            fake = self.fake
+        else:
+            with torch.no_grad():
+                fake = self.g(torch.randn(self.batch, 128))
         opt_d.zero_grad(set_to_none=True)
-        (F.relu(1 - d(real)).mean() + F.relu(1 + d(fake)).mean()).backward()
+        (F.relu(1 - d(self.real)).mean() + F.relu(1 + d(fake)).mean()).backward()
         opt_d.step()
-        opt_g.zero_grad(set_to_none=True)
-        (-d(g(torch.randn(batch, 128)))).mean().backward()
-        opt_g.step()
+        if self.g is not None:  # the G update, through a frozen D (as the trainer does)
+            self.opt_g.zero_grad(set_to_none=True)
+            d.requires_grad_(False)
+            (-d(self.g(torch.randn(self.batch, 128)))).mean().backward()
+            d.requires_grad_(True)
+            self.opt_g.step()
 
-    return step
+    def persistent_bytes(self) -> int:
+        """Bytes of parameters, gradients, buffers and optimizer state (distinct storages)."""
+        storages: dict[int, int] = {}
+        modules = [m for m in (self.d, self.g) if m is not None]
+        optimizers = [o for o in (self.opt_d, self.opt_g) if o is not None]
+        tensors = [t for m in modules for t in (*m.parameters(), *m.buffers())]
+        tensors += [p.grad for m in modules for p in m.parameters() if p.grad is not None]
+        tensors += [
+            t
+            for o in optimizers
+            for st in o.state.values()
+            for t in st.values()
+            if isinstance(t, torch.Tensor)
+        ]
+        for t in tensors:
+            storage = t.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+        return sum(storages.values())
 
-
-def make_step(d: nn.Module, batch: int, resolution: int) -> Callable[[], None]:
-    opt = torch.optim.Adam(d.parameters(), lr=2e-4, betas=(0.5, 0.999))
-    real = torch.randn(batch, 3, resolution, resolution)
-    fake = torch.randn(batch, 3, resolution, resolution)
-
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        loss = F.relu(1 - d(real)).mean() + F.relu(1 + d(fake)).mean()
-        loss.backward()
-        opt.step()
-
-    return step
+    def peak_bytes(self) -> int:
+        """Persistent bytes plus the highest point of one step's own allocations."""
+        for opt in (self.opt_d, self.opt_g):
+            if opt is not None:
+                opt.zero_grad(set_to_none=True)  # the step starts without gradients
+        base = self.persistent_bytes()
+        with torch.profiler.profile(
+            activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
+        ) as prof:
+            self.step()
+        events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+        events.sort(key=lambda e: e.start_ns())
+        live = peak = 0
+        for e in events:
+            live += e.nbytes()
+            peak = max(peak, live)
+        return base + peak
 
 
 def measure(
     methods: list[str], batch: int, steps: int, warmup: int, resolution: int, full: bool = False
-) -> dict:
-    if full:
-        steppers = {m: make_gan_step(m, batch, resolution) for m in methods}
-    else:
-        steppers = {m: make_step(build(m, resolution), batch, resolution) for m in methods}
-    times: dict[str, list[float]] = {m: [] for m in methods}
-    for _ in range(warmup):
-        for fn in steppers.values():
-            fn()
-    for i in range(steps):
-        order = methods if i % 2 == 0 else methods[::-1]
-        for m in order:
-            t0 = time.perf_counter()
-            steppers[m]()
-            times[m].append(time.perf_counter() - t0)
-    return {m: statistics.median(t) for m, t in times.items()}
+) -> tuple[dict, dict]:
+    """Median seconds per step: each method interleaved with its own 'none' twin.
+
+    Returns ``(method -> median, method -> median of its 'none' twin)``.
+    """
+    med, base = {}, {}
+    for m in methods:
+        pair = {"none": Stepper("none", batch, resolution, full)}
+        if m != "none":
+            pair[m] = Stepper(m, batch, resolution, full)
+        times: dict[str, list[float]] = {k: [] for k in pair}
+        for _ in range(warmup):
+            for st in pair.values():
+                st.step()
+        for i in range(steps):
+            order = list(pair) if i % 2 == 0 else list(pair)[::-1]
+            for k in order:
+                t0 = time.perf_counter()
+                pair[k].step()
+                times[k].append(time.perf_counter() - t0)
+        med[m] = statistics.median(times[m])
+        base[m] = statistics.median(times["none"])
+    return med, base
 
 
-def peak_memory(method: str, batch: int, resolution: int, full: bool, steps: int = 3) -> float:
-    """Peak resident memory (MiB) of a fresh process that runs ``steps`` steps of ``method``."""
-    code = (
-        "import resource, sys, torch; sys.path.insert(0, 'benchmarks'); import bench_step as b;"
-        f"torch.set_num_threads(1); f = b.make_gan_step('{method}', {batch}, {resolution}) "
-        f"if {full} else b.make_step(b.build('{method}', {resolution}), {batch}, {resolution});"
-        f"[f() for _ in range({steps})];"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
+def peak_memory(method: str, batch: int, resolution: int, full: bool) -> float:
+    """Peak tensor memory (MiB) of one step of ``method`` (after two warm-up steps)."""
+    torch.manual_seed(0)
+    st = Stepper(method, batch, resolution, full)
+    st.step()
+    st.step()
+    return st.peak_bytes() / 2**20
 
 
 def main() -> None:
@@ -156,24 +198,27 @@ def main() -> None:
         methods = [m for m in methods if m not in TORCH_BASELINES]
     what = "GAN iteration (D + G update)" if args.full else "D step"
     for batch in args.batch:
-        med = measure(methods, batch, args.steps, args.warmup, args.resolution, args.full)
+        med, base = measure(methods, batch, args.steps, args.warmup, args.resolution, args.full)
         mem = (
             {m: peak_memory(m, batch, args.resolution, args.full) for m in methods}
             if args.memory
             else {}
         )
-        base = med["none"]
-        print(f"\nbatch {batch}: median {what}, ratio to 'none' and to torch_sn")
+        ratio = {m: med[m] / base[m] for m in methods}
+        print(f"\nbatch {batch}: median {what}; ratio to its interleaved 'none' twin")
         print(
-            f"{'method':10s} {'ms':>8s} {'x none':>8s} {'x torch_sn':>11s} "
+            f"{'method':10s} {'ms':>8s} {'none ms':>8s} {'x none':>7s} {'x torch_sn':>11s} "
             f"{'peak MiB':>9s} {'x none':>7s}"
         )
         for m in methods:
-            rel_sn = f"{med[m] / med['torch_sn']:.3f}" if "torch_sn" in med else "-"
+            rel_sn = f"{ratio[m] / ratio['torch_sn']:.3f}" if "torch_sn" in ratio else "-"
             mem_cols = (
-                f"{mem[m]:9.0f} {mem[m] / mem['none']:7.3f}" if mem else f"{'-':>9s} {'-':>7s}"
+                f"{mem[m]:9.1f} {mem[m] / mem['none']:7.3f}" if mem else f"{'-':>9s} {'-':>7s}"
             )
-            print(f"{m:10s} {med[m] * 1e3:8.1f} {med[m] / base:8.3f} {rel_sn:>11s} {mem_cols}")
+            print(
+                f"{m:10s} {med[m] * 1e3:8.1f} {base[m] * 1e3:8.1f} {ratio[m]:7.3f} "
+                f"{rel_sn:>11s} {mem_cols}"
+            )
 
 
 if __name__ == "__main__":

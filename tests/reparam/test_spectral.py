@@ -289,6 +289,9 @@ def _explicit_effective_weight(layer, method, w):
     reparam = layer.reparam
     if method == "eqlr":
         return w * reparam.weight_coef
+    if method == "wn":
+        dims = [d for d in range(w.dim()) if d != reparam.dim]
+        return reparam.g * w / (w * w).sum(dims, keepdim=True).sqrt()
     if isinstance(reparam, ExactSpectralNorm):  # on Linear, exact SN is SN
         v = reparam.v.clone()
         return w * reparam.scale / linear_map(layer, w)(v).norm()
@@ -306,7 +309,7 @@ CONV_CASES = [c for c in CASES if c[4] is not None]
 @pytest.mark.parametrize(
     ("name", "make", "fan_in", "out_dim", "shape"), CONV_CASES, ids=[c[0] for c in CONV_CASES]
 )
-@pytest.mark.parametrize("method", ["sn", "bssn", "sn_exact", "eqlr"])
+@pytest.mark.parametrize("method", ["sn", "bssn", "sn_exact", "eqlr", "wn"])
 @pytest.mark.parametrize("mode", ["always", "never"])
 def test_output_scaling_matches_the_formula(name, make, fan_in, out_dim, shape, method, mode):
     """A layer that scales its output (or its weight) has the formula's output and gradients.
@@ -325,7 +328,8 @@ def test_output_scaling_matches_the_formula(name, make, fan_in, out_dim, shape, 
     set_output_scaling(mode)
     try:
         y = layer(x1) * 1.5 + layer(x2)
-        assert (layer.reparam._factors is not None) == (mode == "always")
+        expected = mode == "always" and layer.reparam.factorable
+        assert (layer.reparam._factors is not None) == expected
     finally:
         set_output_scaling("auto")
     g = torch.randn_like(y)
@@ -334,6 +338,9 @@ def test_output_scaling_matches_the_formula(name, make, fan_in, out_dim, shape, 
     w = raw.detach().clone().requires_grad_(True)
     b = None if bias is None else bias.detach().clone().requires_grad_(True)
     x1r = x1.detach().clone().requires_grad_(True)
+    if method == "wn":  # the lengths g are trainable too: differentiate a copy
+        g_param = layer.reparam.g
+        layer.reparam.g = nn.Parameter(g_param.detach().clone())
     w_eff = _explicit_effective_weight(layer, method, w)
     b_eff = b if b is None or method != "eqlr" else b * layer.reparam.lr_multiplier
     plain = layer._normlab_base.forward
@@ -353,6 +360,8 @@ def test_output_scaling_matches_the_formula(name, make, fan_in, out_dim, shape, 
     torch.testing.assert_close(x1.grad, x1r.grad, **tol)
     if bias is not None:
         torch.testing.assert_close(bias.grad, b.grad, **tol)
+    if method == "wn":
+        torch.testing.assert_close(g_param.grad, layer.reparam.g.grad, **tol)
 
 
 def test_output_scaling_mode_is_checked():
@@ -374,7 +383,7 @@ def test_weight_and_output_scaling_share_one_power_step():
     assert not torch.equal(u_before, u_after_one)
 
 
-@pytest.mark.parametrize("method", ["sn", "bsn", "sn_exact", "eqlr"])
+@pytest.mark.parametrize("method", ["sn", "bsn", "sn_exact", "eqlr", "wn"])
 def test_weight_grad_hooks_see_the_effective_weight_gradient_either_way(method):
     torch.manual_seed(13)
     grads = {}

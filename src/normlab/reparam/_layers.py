@@ -187,20 +187,26 @@ def scaled_map(
 ) -> Tensor:
     """``module``'s output with weight ``coef * weight``, as ``coef * map(x, weight) + bias``.
 
+    ``coef`` is 0-d or holds one value per output unit (any shape with that many values).
+
     On the CPU the scaling and the bias take one pass over the output (``coef`` read as a
     float). A ``coef`` that requires grad is multiplied by autograd (which then keeps
     the unscaled output for its backward); otherwise the product is done in place.
     """
     out = linear_map(module, weight)(x)
-    if bias is not None and not isinstance(module, nn.Linear):
+    if isinstance(module, nn.Linear):
+        per_unit = (-1,)  # output units along the last dim
+    else:
         channel_dim = 1 if x.dim() == len(module.kernel_size) + 2 else 0
-        bias = bias.view(-1, *([1] * (out.dim() - channel_dim - 1)))
+        per_unit = (-1, *([1] * (out.dim() - channel_dim - 1)))
     if bias is not None:
-        bias = bias.to(out.dtype)
+        bias = bias.view(per_unit).to(out.dtype)
+    if coef.dim():  # one value per output unit
+        coef = coef.reshape(per_unit)
     if coef.requires_grad:
         out = out * coef.to(out.dtype)
         return out if bias is None else out + bias
-    if out.device.type == "cpu":
+    if out.device.type == "cpu" and not coef.dim():
         if bias is None:
             return out.mul_(float(coef))
         return torch.add(bias, out, alpha=float(coef))

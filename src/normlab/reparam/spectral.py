@@ -206,7 +206,6 @@ class ExactSpectralNorm(Reparametrization):
         """The per-sample input shape the current estimate belongs to (None before any)."""
         return tuple(self.v.shape[1:]) if self.v.numel() else None
 
-    @torch.compiler.disable  # eager under torch.compile, as Reparametrization.effective_weight
     def observe_input(self, layer: nn.Module, x: Tensor) -> None:
         shape = input_shape_of(layer, x)
         if shape != self.input_shape:

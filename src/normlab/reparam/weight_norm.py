@@ -69,6 +69,18 @@ class WeightNorm(Reparametrization):
             return self.v * (self.g / norm_except_dim(self.v, self.dim).clamp_min(ZERO_NORM_EPS))
         return torch._weight_norm(self.v, self.g, self.dim)
 
+    @property
+    def raw_weight(self) -> Tensor:
+        """The raw tensor shaped like the weight: the direction ``v``."""
+        return self.v
+
+    def factors(self, layer: nn.Module) -> tuple[Tensor, Tensor]:
+        """``(v, g / ||v||)``: the per-unit lengths scale the output (autograd differentiates)."""
+        norm = norm_except_dim(self.v, self.dim)
+        if self.has_zero_slice:
+            norm = norm.clamp_min(ZERO_NORM_EPS)
+        return self.v.view_as(self.v), self.g / norm
+
     def effective_bias(self) -> Tensor | None:  # pragma: no cover - owns_bias is False
         return None
 
@@ -97,7 +109,15 @@ def weight_norm(module: nn.Module, dim: int | None = 0, *, name: str = "") -> nn
             f"(weight of shape {tuple(weight.shape)}), got {dim!r}"
         )
     dim = dim % weight.dim()
-    return register(module, WeightNorm(weight, dim))
+    reparam = WeightNorm(weight, dim)
+    # Lengths along the output dim can scale the layer's output instead of its weight (not
+    # in a grouped transposed conv, whose weight slices each feed one channel per group).
+    reparam.factorable = (
+        dim == output_dim(module)
+        and not isinstance(module, nn.Embedding)
+        and not (output_dim(module) == 1 and getattr(module, "groups", 1) > 1)
+    )
+    return register(module, reparam)
 
 
 def _channel_stats(t: Tensor, channel_dim: int) -> tuple[Tensor, Tensor]:
