@@ -3,10 +3,15 @@
 The model is the SNGAN/BSN "standard CNN" discriminator at 32x32x3 (width 64). One
 step is what a GAN's D update does: D(real) and D(fake) (the same layers used twice),
 the hinge loss, one backward, one Adam step. Each method is timed *interleaved* with
-its own unnormalized twin (one step of each in turn, repeated; the median of each), as
-one training process would hold one model: a change in the machine's load hits both
-alike. PyTorch's own ``spectral_norm`` and ``weight_norm`` parametrizations are timed
-on the same model for reference.
+its twin: a copy of the same networks with the reparameterization baked into plain
+weights (``normlab.remove``), trained on the same batches (one step of each in turn,
+repeated; the median of each). The ratio is then the method's own cost, on the same
+data and weight values: a plain network's speed also depends on what it computes
+(a trained, unnormalized D runs its convolutions up to 25% slower on G's samples than
+an SN one here), which a comparison against a separately trained plain network would
+mix in. The 'none' row (a plain network against its copy) shows the noise floor.
+PyTorch's own ``spectral_norm`` and ``weight_norm`` parametrizations are timed on the
+same model for reference.
 
 With ``--full`` the step is a whole GAN iteration as the lab's trainer runs it: one D
 update as above, then one G update through a frozen D (``requires_grad_(False)``), with
@@ -26,6 +31,7 @@ peak memory at most 1.05x.
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 from collections.abc import Callable
@@ -33,7 +39,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils import parametrizations
+from torch.nn.utils import parametrizations, parametrize
 
 import normlab as nl
 from normlab.gan.models import StandardCNNDiscriminator, StandardCNNGenerator
@@ -71,36 +77,60 @@ def build_generator(method: str, resolution: int, seed: int = 0) -> nn.Module:
     return g
 
 
+def baked_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` whose reparameterized layers hold plain weights instead."""
+    twin = nl.remove(copy.deepcopy(model))
+    for m in twin.modules():
+        if parametrize.is_parametrized(m):
+            for name in list(m.parametrizations):
+                parametrize.remove_parametrizations(m, name)
+    return twin
+
+
 class Stepper:
     """One method's networks, optimizers and batch; ``step()`` runs one training step."""
 
-    def __init__(self, method: str, batch: int, resolution: int, full: bool) -> None:
-        self.d = build(method, resolution)
-        self.opt_d = torch.optim.Adam(self.d.parameters(), lr=2e-4, betas=(0.5, 0.999))
-        self.real = torch.randn(batch, 3, resolution, resolution)
+    def __init__(
+        self, method: str, batch: int, resolution: int, full: bool, twin_of: Stepper | None = None
+    ) -> None:
+        if twin_of is None:
+            self.d = build(method, resolution)
+            self.g = build_generator(method, resolution) if full else None
+            self.real = torch.randn(batch, 3, resolution, resolution)
+            self.fake = None if full else torch.randn(batch, 3, resolution, resolution)
+        else:  # the same networks, baked, on the same batches
+            self.d = baked_copy(twin_of.d)
+            self.g = None if twin_of.g is None else baked_copy(twin_of.g)
+            self.real, self.fake = twin_of.real, twin_of.fake
         self.batch = batch
-        if full:
-            self.g = build_generator(method, resolution)
-            self.opt_g = torch.optim.Adam(self.g.parameters(), lr=2e-4, betas=(0.5, 0.999))
-            self.fake = None
-        else:
-            self.g = self.opt_g = None
-            self.fake = torch.randn(batch, 3, resolution, resolution)
+        self.opt_d = torch.optim.Adam(self.d.parameters(), lr=2e-4, betas=(0.5, 0.999))
+        self.opt_g = (
+            None
+            if self.g is None
+            else torch.optim.Adam(self.g.parameters(), lr=2e-4, betas=(0.5, 0.999))
+        )
+        self.seed = 1234  # both twins draw the same latents
+
+    def twin(self) -> Stepper:
+        """The same networks with the reparameterization baked into plain weights."""
+        return Stepper("none", self.batch, 0, self.g is not None, twin_of=self)
 
     def step(self) -> None:
         d, opt_d = self.d, self.opt_d
+        gen = torch.Generator().manual_seed(self.seed)
+        self.seed += 1
         if self.g is None:
             fake = self.fake
         else:
             with torch.no_grad():
-                fake = self.g(torch.randn(self.batch, 128))
+                fake = self.g(torch.randn(self.batch, 128, generator=gen))
         opt_d.zero_grad(set_to_none=True)
         (F.relu(1 - d(self.real)).mean() + F.relu(1 + d(fake)).mean()).backward()
         opt_d.step()
         if self.g is not None:  # the G update, through a frozen D (as the trainer does)
             self.opt_g.zero_grad(set_to_none=True)
             d.requires_grad_(False)
-            (-d(self.g(torch.randn(self.batch, 128)))).mean().backward()
+            (-d(self.g(torch.randn(self.batch, 128, generator=gen)))).mean().backward()
             d.requires_grad_(True)
             self.opt_g.step()
 
@@ -145,15 +175,15 @@ class Stepper:
 def measure(
     methods: list[str], batch: int, steps: int, warmup: int, resolution: int, full: bool = False
 ) -> tuple[dict, dict]:
-    """Median seconds per step: each method interleaved with its own 'none' twin.
+    """Median seconds per step: each method interleaved with its baked twin.
 
-    Returns ``(method -> median, method -> median of its 'none' twin)``.
+    Returns ``(method -> median, method -> median of its twin)``.
     """
     med, base = {}, {}
     for m in methods:
-        pair = {"none": Stepper("none", batch, resolution, full)}
-        if m != "none":
-            pair[m] = Stepper(m, batch, resolution, full)
+        torch.manual_seed(0)
+        first = Stepper(m, batch, resolution, full)
+        pair = {m: first, "twin": first.twin()}
         times: dict[str, list[float]] = {k: [] for k in pair}
         for _ in range(warmup):
             for st in pair.values():
@@ -165,7 +195,7 @@ def measure(
                 pair[k].step()
                 times[k].append(time.perf_counter() - t0)
         med[m] = statistics.median(times[m])
-        base[m] = statistics.median(times["none"])
+        base[m] = statistics.median(times["twin"])
     return med, base
 
 
@@ -205,9 +235,9 @@ def main() -> None:
             else {}
         )
         ratio = {m: med[m] / base[m] for m in methods}
-        print(f"\nbatch {batch}: median {what}; ratio to its interleaved 'none' twin")
+        print(f"\nbatch {batch}: median {what}; ratio to its interleaved baked twin")
         print(
-            f"{'method':10s} {'ms':>8s} {'none ms':>8s} {'x none':>7s} {'x torch_sn':>11s} "
+            f"{'method':10s} {'ms':>8s} {'twin ms':>8s} {'x twin':>7s} {'x torch_sn':>11s} "
             f"{'peak MiB':>9s} {'x none':>7s}"
         )
         for m in methods:

@@ -508,3 +508,32 @@ def test_exact_sn_training_step_output_and_gradients_match_the_formula(make, mod
     torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(reparam.raw_weight.grad, w.grad, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(x.grad, xr.grad, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["sn", "bsn", "sn_exact", "eqlr", "wn"])
+@pytest.mark.parametrize("mode", ["always", "never"])
+def test_a_forward_while_frozen_is_not_reused_once_trainable(method, mode):
+    """The GAN pattern: G's step runs D frozen, then D's step must get weight gradients.
+
+    Was a bug: the cached weight of the frozen forward (no graph to the raw tensors) was
+    reused by the next forward, as the raw tensors had not changed, so D's weights got no
+    gradient in the D step that followed a G step.
+    """
+    torch.manual_seed(17)
+    model = nl.apply(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 3)), method)
+    x = torch.randn(2, 3, 7, 7)
+    set_output_scaling(mode)
+    try:
+        model(x).sum().backward()  # D's step
+        with torch.no_grad():  # and its optimizer step (a new version of every raw tensor)
+            for p in model.parameters():
+                p.mul_(0.9)
+        model.zero_grad()
+        model.requires_grad_(False)
+        model(x.requires_grad_(True)).sum().backward()  # the G step: grads reach x only
+        model.requires_grad_(True)
+        model(x.detach()).square().sum().backward()  # D's next step
+    finally:
+        set_output_scaling("auto")
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name

@@ -126,8 +126,10 @@ class Reparametrization(nn.Module):
         if not _CACHE_ENABLED or (self.training and not grad):
             return None
         try:
+            # requires_grad too: a weight computed while the layer was frozen (a GAN's G
+            # step through D) has no graph back to the raw tensors, and must not be reused.
             state = tuple(
-                (t.data_ptr(), t._version)
+                (t.data_ptr(), t._version, t.requires_grad)
                 for t in (*self._parameters.values(), *self._buffers.values())
                 if t is not None
             )
