@@ -31,7 +31,6 @@ peak memory at most 1.05x.
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import time
 from collections.abc import Callable
@@ -43,6 +42,7 @@ from torch.nn.utils import parametrizations, parametrize
 
 import normlab as nl
 from normlab.gan.models import StandardCNNDiscriminator, StandardCNNGenerator
+from normlab.reparam import is_reparametrized
 
 #: Baselines from PyTorch itself, applied to every Conv2d/Linear layer.
 TORCH_BASELINES: dict[str, Callable[[nn.Module], nn.Module]] = {
@@ -77,14 +77,27 @@ def build_generator(method: str, resolution: int, seed: int = 0) -> nn.Module:
     return g
 
 
-def baked_copy(model: nn.Module) -> nn.Module:
-    """A deep copy of ``model`` whose reparameterized layers hold plain weights instead."""
-    twin = nl.remove(copy.deepcopy(model))
-    for m in twin.modules():
-        if parametrize.is_parametrized(m):
-            for name in list(m.parametrizations):
-                parametrize.remove_parametrizations(m, name)
-    return twin
+@torch.no_grad()
+def bake_into(src: nn.Module, dst: nn.Module) -> nn.Module:
+    """Copy ``src``'s effective weights into ``dst``, the same architecture built plain.
+
+    (Not ``copy.deepcopy`` + ``remove_parametrizations``: a deep copy of a torch-
+    parametrized module shares its generated class, which the removal then edits.)
+    """
+    for name, md in dst.named_modules():
+        if next(md.children(), None) is not None:
+            continue  # containers: their leaves are copied one by one
+        ms = src.get_submodule(name)
+        if not (is_reparametrized(ms) or parametrize.is_parametrized(ms)):
+            md.load_state_dict(ms.state_dict())
+            continue
+        was_training = ms.training
+        ms.eval()  # read without a power-iteration step
+        md.weight.copy_(ms.weight)
+        if ms.bias is not None:
+            md.bias.copy_(ms.bias)
+        ms.train(was_training)
+    return dst
 
 
 class Stepper:
@@ -99,10 +112,14 @@ class Stepper:
             self.real = torch.randn(batch, 3, resolution, resolution)
             self.fake = None if full else torch.randn(batch, 3, resolution, resolution)
         else:  # the same networks, baked, on the same batches
-            self.d = baked_copy(twin_of.d)
-            self.g = None if twin_of.g is None else baked_copy(twin_of.g)
+            self.d = bake_into(twin_of.d, build("none", resolution))
+            self.g = (
+                None
+                if twin_of.g is None
+                else bake_into(twin_of.g, build_generator("none", resolution))
+            )
             self.real, self.fake = twin_of.real, twin_of.fake
-        self.batch = batch
+        self.batch, self.resolution = batch, resolution
         self.opt_d = torch.optim.Adam(self.d.parameters(), lr=2e-4, betas=(0.5, 0.999))
         self.opt_g = (
             None
@@ -113,7 +130,7 @@ class Stepper:
 
     def twin(self) -> Stepper:
         """The same networks with the reparameterization baked into plain weights."""
-        return Stepper("none", self.batch, 0, self.g is not None, twin_of=self)
+        return Stepper("none", self.batch, self.resolution, self.g is not None, twin_of=self)
 
     def step(self) -> None:
         d, opt_d = self.d, self.opt_d
