@@ -537,3 +537,20 @@ def test_a_forward_while_frozen_is_not_reused_once_trainable(method, mode):
         set_output_scaling("auto")
     for name, p in model.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_a_layer_subclass_with_its_own_forward_keeps_it():
+    class DoubledConv(nn.Conv2d):
+        def forward(self, x):
+            return 2 * super().forward(x) + 1
+
+    torch.manual_seed(18)
+    layer = nl.spectral_norm(DoubledConv(8, 16, 3))
+    x = torch.randn(1, 8, 5, 5)  # output (144) smaller than weight (1152)
+    set_output_scaling("always")
+    try:
+        y = layer(x)
+    finally:
+        set_output_scaling("auto")
+    expected = 2 * nn.functional.conv2d(x, layer.weight, layer.bias) + 1
+    torch.testing.assert_close(y, expected)

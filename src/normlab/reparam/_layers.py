@@ -168,6 +168,11 @@ def sub_conv_weight_grad_(
     return grad.sub_(conv_weight_grad(args, y * coef, x, weight))
 
 
+#: The stock forwards whose result ``scaled_map`` reproduces (a subclass that overrides
+#: ``forward`` keeps its own, with the weight scaled).
+STOCK_FORWARDS = frozenset(cls.forward for cls in (nn.Linear, *_CONV, *_CONV_TRANSPOSE))
+
+
 def output_numel(module: nn.Module, x: Tensor) -> int:
     """How many elements ``module(x)`` has, from shapes alone (convs: up to rounding).
 

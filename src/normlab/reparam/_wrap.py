@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from normlab.reparam._layers import check_supported, output_numel, scaled_map
+from normlab.reparam._layers import STOCK_FORWARDS, check_supported, output_numel, scaled_map
 
 #: Name of the child module that holds a layer's reparameterization.
 REPARAM_ATTR = "reparam"
@@ -233,6 +233,8 @@ def set_output_scaling(mode: str) -> None:
 def _scales_output(layer: nn.Module, reparam: Reparametrization, x: Tensor) -> bool:
     if not reparam.factorable or _OUTPUT_SCALING == "never" or torch.compiler.is_compiling():
         return False
+    if layer._normlab_base.forward not in STOCK_FORWARDS:
+        return False
     return _OUTPUT_SCALING == "always" or output_numel(layer, x) < reparam.raw_weight.numel()
 
 
@@ -297,12 +299,14 @@ def _set_weight(self: nn.Module, value: Any) -> None:
 def _forward(self: nn.Module, input: Tensor, *args: Any, **kwargs: Any) -> Tensor:
     """The layer's forward, with its weight scaled on whichever side is smaller.
 
-    A layer whose effective weight is ``coef * W`` (a scalar ``coef``) computes
-    ``map(x, coef * W) = coef * map(x, W)``. Where the output has fewer elements than the
-    weight (the deep layers of a CNN at small batch), scaling the output instead saves a
-    weight-sized copy in memory (the conv would keep ``coef * W`` for its backward) and a
-    pass over the weight in each direction; the gradient through ``coef`` reaches ``W``
-    by ``tied``'s backward (see ``Reparametrization.factors``).
+    A layer whose effective weight is ``coef * W`` (``coef`` a scalar, or one value per
+    output unit) computes ``map(x, coef * W) = coef * map(x, W)``. Where the output has
+    fewer elements than the weight (the deep layers of a CNN at small batch), scaling the
+    output instead saves a weight-sized copy in memory (the conv would keep ``coef * W``
+    for its backward) and a pass over the weight in each direction; the gradient through
+    ``coef`` reaches ``W`` by ``tied``'s backward (see ``Reparametrization.factors``).
+    Only stock layer classes take this path: a subclass with its own ``forward`` runs it,
+    with the weight scaled.
     """
     reparam = self._modules[REPARAM_ATTR]
     if reparam.needs_input:
