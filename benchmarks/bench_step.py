@@ -144,11 +144,13 @@ class Stepper:
         opt_d.zero_grad(set_to_none=True)
         (F.relu(1 - d(self.real)).mean() + F.relu(1 + d(fake)).mean()).backward()
         opt_d.step()
-        if self.g is not None:  # the G update, through a frozen D (as the trainer does)
+        if self.g is not None:  # the G update through a frozen D in eval mode, as the trainer
             self.opt_g.zero_grad(set_to_none=True)
+            d.eval()
             d.requires_grad_(False)
             (-d(self.g(torch.randn(self.batch, 128, generator=gen)))).mean().backward()
             d.requires_grad_(True)
+            d.train()
             self.opt_g.step()
 
     def persistent_bytes(self) -> int:
