@@ -14,7 +14,7 @@ PyTorch's own ``spectral_norm`` and ``weight_norm`` parametrizations are timed o
 same model for reference.
 
 With ``--full`` the step is a whole GAN iteration as the lab's trainer runs it: one D
-update as above, then one G update through a frozen D (``requires_grad_(False)``), with
+update as above, then one G update through D frozen and in eval mode, with
 the standard CNN generator (the method on D only for the SN family, on D and G for eqlr
 and wn, as the lab does). With ``--memory`` the peak of tensor memory is reported too:
 what the parameters, gradients and optimizer state hold before a step plus the highest
