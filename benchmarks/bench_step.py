@@ -6,10 +6,8 @@ the hinge loss, one backward, one Adam step. Each method is timed *interleaved* 
 its twin: a copy of the same networks with the reparameterization baked into plain
 weights (``normlab.remove``), trained on the same batches (one step of each in turn,
 repeated; the median of each). The ratio is then the method's own cost, on the same
-data and weight values: a plain network's speed also depends on what it computes
-(a trained, unnormalized D runs its convolutions up to 25% slower on G's samples than
-an SN one here), which a comparison against a separately trained plain network would
-mix in. The 'none' row (a plain network against its copy) shows the noise floor.
+data and the same starting weights. The 'none' row (a plain network against its copy)
+shows the noise floor.
 PyTorch's own ``spectral_norm`` and ``weight_norm`` parametrizations are timed on the
 same model for reference.
 
