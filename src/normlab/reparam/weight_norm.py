@@ -110,12 +110,14 @@ def weight_norm(module: nn.Module, dim: int | None = 0, *, name: str = "") -> nn
         )
     dim = dim % weight.dim()
     reparam = WeightNorm(weight, dim)
-    # Lengths along the output dim can scale the layer's output instead of its weight (not
-    # in a grouped transposed conv, whose weight slices each feed one channel per group).
+    # Lengths along the output dim can scale the layer's output instead of its weight. Not
+    # in a grouped transposed conv (its weight slices each feed one channel per group), nor
+    # with an all-zero unit (g = 0 there hides the effective weight's gradient from hooks).
     reparam.factorable = (
         dim == output_dim(module)
         and not isinstance(module, nn.Embedding)
         and not (output_dim(module) == 1 and getattr(module, "groups", 1) > 1)
+        and not reparam.has_zero_slice
     )
     return register(module, reparam)
 
