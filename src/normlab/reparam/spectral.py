@@ -143,28 +143,25 @@ class SpectralNorm(Reparametrization):
             for i, row_dim in enumerate(self._row_dims)
         )
 
-    def forward(self, layer: nn.Module) -> Tensor:
+    def _sigma(self) -> Tensor:
+        """This forward's sigma (after its step in training), the mean over the reshapes."""
         if self.takes_step():
             sigmas = self._power_iteration(self.n_power_iterations)
         else:
             sigmas = self.current_sigmas()
         self.last_sigmas = sigmas
         sigma = sigmas[0] if len(sigmas) == 1 else (sigmas[0] + sigmas[1]) / 2
-        return normalize_weight(
-            self.raw_weight, sigma.clamp_min(self.eps), self.scale, self._row_dims, self._vectors()
-        )
+        return sigma.clamp_min(self.eps)
+
+    def forward(self, layer: nn.Module) -> Tensor:
+        sigma = self._sigma()
+        return normalize_weight(self.raw_weight, sigma, self.scale, self._row_dims, self._vectors())
 
     factorable = True
 
     def factors(self, layer: nn.Module) -> tuple[Tensor, Tensor]:
         """``(W, scale / sigma)``: the same step and sigma as ``forward``, without the copy."""
-        if self.takes_step():
-            sigmas = self._power_iteration(self.n_power_iterations)
-        else:
-            sigmas = self.current_sigmas()
-        self.last_sigmas = sigmas
-        sigma = sigmas[0] if len(sigmas) == 1 else (sigmas[0] + sigmas[1]) / 2
-        sigma = sigma.clamp_min(self.eps)
+        sigma = self._sigma()
         tied = tie_weight(self.raw_weight, sigma, self._row_dims, self._vectors())
         return tied, (self.scale / sigma).detach()
 
