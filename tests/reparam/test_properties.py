@@ -381,8 +381,10 @@ def test_effective_weight_formula(kind: str, name: str, data: st.DataObject) -> 
         sigma = torch.linalg.vector_norm(reparam.v.double().reshape(1, -1) @ a_t).item()
         if torch.linalg.matrix_norm(a_t, ord=2).item() == 0:
             # The layer's map on this input shape is zero (e.g. a transposed conv whose
-            # padding crops every position a kernel tap reaches): see bug 7 in the notes.
+            # padding crops every position a kernel tap reaches): nothing to normalize, the
+            # weight is only scaled (was bug 7: divided by eps, 1e12 times too large).
             assert not y.any()
+            torch.testing.assert_close(weight, raw * scale, rtol=1e-6, atol=0)
             return
         torch.testing.assert_close(
             weight.double(), raw.double() * (scale / sigma), rtol=1e-5, atol=1e-7

@@ -554,3 +554,16 @@ def test_a_layer_subclass_with_its_own_forward_keeps_it():
         set_output_scaling("auto")
     expected = 2 * nn.functional.conv2d(x, layer.weight, layer.bias) + 1
     torch.testing.assert_close(y, expected)
+
+
+def test_exact_sn_on_a_zero_map_only_scales_the_weight():
+    """A transposed conv whose padding crops every tap on a 1x1 input: its map is zero."""
+    conv = nn.ConvTranspose2d(2, 3, 1, stride=3, padding=1, output_padding=2)
+    layer = nl.spectral_norm(conv, exact=True, scale=1.5)
+    x = torch.randn(4, 2, 1, 1)
+    y = layer(x)
+    assert y.shape[-2:] == (1, 1) and not (y - layer.bias.view(1, -1, 1, 1)).any()
+    raw = layer.reparam.raw_weight
+    torch.testing.assert_close(layer.weight, raw * 1.5)
+    y.sum().backward()
+    assert torch.isfinite(raw.grad).all()

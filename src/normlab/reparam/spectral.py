@@ -270,7 +270,13 @@ class ExactSpectralNorm(Reparametrization):
         sigma, u, v = self._estimate(layer)
         if u is not None:  # d sigma / dW by one weight-gradient conv
             sigma = _BilinearSigma.apply(self.raw_weight, sigma, u, v, conv_args(layer))
-        return self.raw_weight * (self.scale / sigma.clamp_min(self.eps))
+        return self.raw_weight * (self.scale / self._nonzero(sigma))
+
+    def _nonzero(self, sigma: Tensor) -> Tensor:
+        """``sigma``, or 1 where the layer's map is zero on this input shape (``sigma <= eps``,
+        e.g. a transposed conv whose padding crops every tap): nothing to normalize there,
+        and dividing by eps would make the weight 1e12 times too large for no output."""
+        return torch.where(sigma > self.eps, sigma, torch.ones_like(sigma))
 
     factorable = True
 
@@ -280,8 +286,8 @@ class ExactSpectralNorm(Reparametrization):
         sigma, u, v = self._estimate(layer)
         weight = self.raw_weight
         if u is None:
-            return weight.view_as(weight), self.scale / sigma.clamp_min(self.eps)
-        sigma = sigma.clamp_min(self.eps)
+            return weight.view_as(weight), self.scale / self._nonzero(sigma)
+        sigma = self._nonzero(sigma)
         tied = _ExactTie.apply(weight, sigma, u, v, conv_args(layer))
         return tied, (self.scale / sigma).detach()
 
