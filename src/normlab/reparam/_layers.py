@@ -176,7 +176,7 @@ STOCK_FORWARDS = frozenset(cls.forward for cls in (nn.Linear, *_CONV, *_CONV_TRA
 def output_numel(module: nn.Module, x: Tensor) -> int:
     """How many elements ``module(x)`` has, from shapes alone (convs: up to rounding).
 
-    Embedding gives the weight's size (its output is never scaled instead of its weight).
+    For the layers of ``STOCK_FORWARDS`` only (an Embedding's output is never scaled).
     """
     if isinstance(module, nn.Linear):
         return x.numel() // module.in_features * module.out_features
@@ -184,7 +184,7 @@ def output_numel(module: nn.Module, x: Tensor) -> int:
         return x.numel() // module.in_channels * module.out_channels // math.prod(module.stride)
     if isinstance(module, _CONV_TRANSPOSE):
         return x.numel() // module.in_channels * module.out_channels * math.prod(module.stride)
-    return module.reparam.raw_weight.numel()
+    raise TypeError(f"no output size rule for {type(module).__name__}")
 
 
 def scaled_map(

@@ -76,10 +76,8 @@ class WeightNorm(Reparametrization):
 
     def factors(self, layer: nn.Module) -> tuple[Tensor, Tensor]:
         """``(v, g / ||v||)``: the per-unit lengths scale the output (autograd differentiates)."""
-        norm = norm_except_dim(self.v, self.dim)
-        if self.has_zero_slice:
-            norm = norm.clamp_min(ZERO_NORM_EPS)
-        return self.v.view_as(self.v), self.g / norm
+        # Only registered as factorable without an all-zero slice: ||v|| > 0 here.
+        return self.v.view_as(self.v), self.g / norm_except_dim(self.v, self.dim)
 
     def effective_bias(self) -> Tensor | None:  # pragma: no cover - owns_bias is False
         return None
