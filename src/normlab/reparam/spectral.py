@@ -61,7 +61,7 @@ from normlab.reparam._power import (
     sigma_of,
     tie_weight,
 )
-from normlab.reparam._wrap import Reparametrization, check_can_register, register
+from normlab.reparam._wrap import Reparametrization, _set, check_can_register, register
 
 #: Power-iteration steps run at registration (PyTorch's parametrization uses 15 too).
 WARMUP_ITERATIONS = 15
@@ -149,12 +149,17 @@ class SpectralNorm(Reparametrization):
             sigmas = self._power_iteration(self.n_power_iterations)
         else:
             sigmas = self.current_sigmas()
-        self.last_sigmas = sigmas
+        _set(self, last_sigmas=sigmas)
         sigma = sigmas[0] if len(sigmas) == 1 else (sigmas[0] + sigmas[1]) / 2
         return sigma.clamp_min(self.eps)
 
+    def _needs_grad(self) -> bool:
+        return torch.is_grad_enabled() and self.raw_weight.requires_grad
+
     def forward(self, layer: nn.Module) -> Tensor:
         sigma = self._sigma()
+        if not self._needs_grad():  # (a frozen D in G's step): no graph to build
+            return self.raw_weight * (self.scale / sigma)
         return normalize_weight(self.raw_weight, sigma, self.scale, self._row_dims, self._vectors())
 
     factorable = True
@@ -162,8 +167,10 @@ class SpectralNorm(Reparametrization):
     def factors(self, layer: nn.Module) -> tuple[Tensor, Tensor]:
         """``(W, scale / sigma)``: the same step and sigma as ``forward``, without the copy."""
         sigma = self._sigma()
-        tied = tie_weight(self.raw_weight, sigma, self._row_dims, self._vectors())
-        return tied, (self.scale / sigma).detach()
+        coef = (self.scale / sigma).detach()
+        if not self._needs_grad():
+            return self.raw_weight, coef
+        return tie_weight(self.raw_weight, sigma, self._row_dims, self._vectors()), coef
 
     def effective_bias(self) -> Tensor | None:  # pragma: no cover - owns_bias is False
         return None
@@ -263,7 +270,7 @@ class ExactSpectralNorm(Reparametrization):
             u, sigma = stepped
         else:
             u, sigma = None, linear_map(layer, weight)(v.to(weight.dtype)).norm()
-        self.last_sigmas = (sigma.detach(),)
+        _set(self, last_sigmas=(sigma.detach(),))
         return sigma, u, v
 
     def forward(self, layer: nn.Module) -> Tensor:
