@@ -5,9 +5,10 @@ step is what a GAN's D update does: D(real) and D(fake) (the same layers used tw
 the hinge loss, one backward, one Adam step. Each method is timed *interleaved* with
 its twin: a copy of the same networks with the reparameterization baked into plain
 weights (``normlab.remove``), trained on the same batches (one step of each in turn,
-repeated; the median of each). The ratio is then the method's own cost, on the same
-data and the same starting weights. The 'none' row (a plain network against its copy)
-shows the noise floor.
+repeated). The ratio is the median over those rounds of the method's time over its
+twin's in the same round: the method's own cost, on the same data and the same starting
+weights, and robust to the machine's speed drifting during the run. The 'none' row (a
+plain network against its copy) shows the noise floor.
 PyTorch's own ``spectral_norm`` and ``weight_norm`` parametrizations are timed on the
 same model for reference.
 
@@ -191,12 +192,13 @@ class Stepper:
 
 def measure(
     methods: list[str], batch: int, steps: int, warmup: int, resolution: int, full: bool = False
-) -> tuple[dict, dict]:
-    """Median seconds per step: each method interleaved with its baked twin.
+) -> tuple[dict, dict, dict]:
+    """Each method interleaved with its baked twin, one step of each per round.
 
-    Returns ``(method -> median, method -> median of its twin)``.
+    Returns ``(method -> median seconds, method -> its twin's median seconds,
+    method -> median over rounds of the method's time / the twin's)``.
     """
-    med, base = {}, {}
+    med, base, ratio = {}, {}, {}
     for m in methods:
         torch.manual_seed(0)
         first = Stepper(m, batch, resolution, full)
@@ -213,7 +215,8 @@ def measure(
                 times[k].append(time.perf_counter() - t0)
         med[m] = statistics.median(times[m])
         base[m] = statistics.median(times["twin"])
-    return med, base
+        ratio[m] = statistics.median(a / b for a, b in zip(times[m], times["twin"]))
+    return med, base, ratio
 
 
 def peak_memory(method: str, batch: int, resolution: int, full: bool) -> float:
@@ -245,14 +248,15 @@ def main() -> None:
         methods = [m for m in methods if m not in TORCH_BASELINES]
     what = "GAN iteration (D + G update)" if args.full else "D step"
     for batch in args.batch:
-        med, base = measure(methods, batch, args.steps, args.warmup, args.resolution, args.full)
+        med, base, ratio = measure(
+            methods, batch, args.steps, args.warmup, args.resolution, args.full
+        )
         mem = (
             {m: peak_memory(m, batch, args.resolution, args.full) for m in methods}
             if args.memory
             else {}
         )
-        ratio = {m: med[m] / base[m] for m in methods}
-        print(f"\nbatch {batch}: median {what}; ratio to its interleaved baked twin")
+        print(f"\nbatch {batch}: median {what}; x twin = median of per-round ratios")
         print(
             f"{'method':10s} {'ms':>8s} {'twin ms':>8s} {'x twin':>7s} {'x torch_sn':>11s} "
             f"{'peak MiB':>9s} {'x none':>7s}"

@@ -52,42 +52,6 @@ def norm_except_dim(v: Tensor, dim: int) -> Tensor:
     return torch.linalg.vector_norm(v, dim=dims, keepdim=True)
 
 
-def unit_dots(a: Tensor, b: Tensor, dim: int) -> Tensor:
-    """``<a_k, b_k>`` for each slice ``k`` along ``dim`` (0 or 1), shaped as ``norm_except_dim``."""
-    if dim == 0:
-        dots = torch.linalg.vecdot(a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1))
-        return dots.view(-1, *([1] * (a.dim() - 1)))
-    d0, d1 = a.shape[:2]
-    dots = torch.linalg.vecdot(a.reshape(d0, d1, -1), b.reshape(d0, d1, -1)).sum(0)
-    return dots.view(1, d1, *([1] * (a.dim() - 2)))
-
-
-class _UnitTie(torch.autograd.Function):
-    """``v`` itself, for ``y = map(x, v) * coef`` with ``coef = g / ||v||`` (``||v||`` held
-    constant by autograd): the backward adds the path through ``||v||``.
-
-    With ``G`` the gradient reaching ``v`` through the layer (``coef`` times the effective
-    weight's), ``dL/dcoef_k * coef_k = <G_k, v_k>`` per unit ``k`` (the map is linear in
-    ``v``), so the total is weight normalization's projection
-    ``G_k - <G_k, v_k> / ||v_k||^2 * v_k``, done in place on ``G`` (autograd's own buffer).
-    """
-
-    @staticmethod
-    def forward(ctx, v, norm, dim):
-        ctx.save_for_backward(v, norm)
-        ctx.dim = dim
-        return v.view_as(v)
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        v, norm = ctx.saved_tensors
-        grad = grad_out if grad_out.is_contiguous() else grad_out.contiguous()
-        along = unit_dots(grad, v, ctx.dim).div_(norm.square()).neg_()
-        if torch.is_grad_enabled():  # a double backward records it: no in-place
-            return grad + v * along, None, None
-        return grad.addcmul_(v, along), None, None
-
-
 class WeightNorm(Reparametrization):
     """``W = g * v / ||v||`` with one length ``g`` per slice of ``v`` along ``dim``."""
 
@@ -119,13 +83,10 @@ class WeightNorm(Reparametrization):
         return self.v
 
     def factors(self, layer: nn.Module) -> tuple[Tensor, Tensor]:
-        """``(v, g / ||v||)``: the per-unit lengths scale the output. Autograd takes ``g``'s
-        gradient through ``coef``; the path through ``||v||`` is ``_UnitTie``'s backward."""
+        """``(v, g / ||v||)``: the per-unit lengths scale the output; autograd differentiates
+        ``coef`` (its gradient is a reduction over the output, smaller than the weight here)."""
         # Only registered as factorable without an all-zero slice: ||v|| > 0 here.
-        v = self.v
-        with torch.no_grad():
-            norm = norm_except_dim(v, self.dim)
-        return _UnitTie.apply(v, norm, self.dim), self.g / norm
+        return self.v.view_as(self.v), self.g / norm_except_dim(self.v, self.dim)
 
     def effective_bias(self) -> Tensor | None:  # pragma: no cover - owns_bias is False
         return None
