@@ -1,11 +1,14 @@
 """Weight normalization and its data-dependent init."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
 from torch.nn.utils import parametrizations
 
 import normlab as nl
+from normlab.reparam import set_output_scaling
 from tests.reparam._layers import layer_cases, sample_input
 
 CASES = layer_cases()
@@ -43,6 +46,92 @@ def test_formula_against_pytorch_weight_norm():
     (theirs(x) ** 2).sum().backward()
     torch.testing.assert_close(ours.reparam.g.grad, theirs.parametrizations.weight.original0.grad)
     torch.testing.assert_close(ours.reparam.v.grad, theirs.parametrizations.weight.original1.grad)
+
+
+def _explicit_wn_layer(layer: nn.Module, v: torch.Tensor, g: torch.Tensor):
+    """``layer``'s base forward with ``W = g * v / ||v||`` written out (autograd throughout)."""
+    dims = [d for d in range(v.dim()) if d != layer.reparam.dim]
+    weight = g * v / v.square().sum(dim=dims, keepdim=True).sqrt()
+    plain, bias = layer._normlab_base.forward, layer._parameters.get("bias")
+
+    def forward(x):
+        clone = copy.copy(layer)
+        clone.__class__ = layer._normlab_base
+        clone._parameters = {"weight": weight, "bias": bias}
+        return plain(clone, x)
+
+    return forward
+
+
+@pytest.mark.parametrize("mode", ["always", "never"])
+@pytest.mark.parametrize(
+    ("make", "shape"),
+    [
+        (lambda: nn.Linear(6, 5), (6,)),
+        (lambda: nn.Conv2d(3, 5, 3, padding=1), (3, 5, 5)),
+        (lambda: nn.ConvTranspose2d(3, 5, 4, 2, 1), (3, 4, 4)),
+        (lambda: nn.ConvTranspose2d(3, 4, 3, groups=1), (3, 4, 4)),
+    ],
+    ids=["linear", "conv", "conv_transpose", "conv_transpose_3x3"],
+)
+def test_gradient_penalty_and_partial_passes_match_the_formula(make, shape, mode):
+    """A gradient penalty (double backward) through a layer used twice, after a pass that
+    asks only for ``g``'s gradient: every gradient equals autograd's through the formula."""
+    torch.manual_seed(3)
+    layer = nl.weight_norm(make(), dim=None)
+    with torch.no_grad():
+        layer.reparam.g.mul_(torch.rand_like(layer.reparam.g) + 0.5)
+    v, g = layer.reparam.v, layer.reparam.g
+    x1 = torch.randn(3, *shape, requires_grad=True)
+    x2 = torch.randn(3, *shape)
+    w = torch.randn(3, *layer(x2).shape[1:])
+
+    def loss(f, x1):
+        y1 = f(x1)
+        (grad_x,) = torch.autograd.grad((y1 * w).sum(), x1, create_graph=True)
+        return (y1 * w).sum() - 0.5 * f(x2).square().sum() + 3.0 * grad_x.square().sum()
+
+    set_output_scaling(mode)
+    try:
+        total = loss(layer, x1)
+        # A pass that reaches g but not v, before the full backward (stale state must not leak).
+        torch.autograd.grad(total, g, retain_graph=True)
+        total.backward()
+    finally:
+        set_output_scaling("auto")
+    v_ref = v.detach().clone().requires_grad_(True)
+    g_ref = g.detach().clone().requires_grad_(True)
+    x1_ref = x1.detach().clone().requires_grad_(True)
+    loss(_explicit_wn_layer(layer, v_ref, g_ref), x1_ref).backward()
+    tol = dict(rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(v.grad, v_ref.grad, **tol)
+    torch.testing.assert_close(g.grad, g_ref.grad, **tol)
+    torch.testing.assert_close(x1.grad, x1_ref.grad, **tol)
+
+
+@pytest.mark.parametrize("mode", ["always", "never"])
+def test_second_derivatives_in_the_weights_match_the_formula(mode):
+    """Differentiating the weight gradient itself (create_graph through the backward of the
+    output-scaled layer): the norm's own dependence on ``v`` is kept."""
+    torch.manual_seed(4)
+    layer = nl.weight_norm(nn.ConvTranspose2d(3, 5, 4, 2, 1), dim=None)
+    v, g = layer.reparam.v, layer.reparam.g
+    x = torch.randn(2, 3, 4, 4)
+
+    def penalty(f, v, g):
+        grad_v, grad_g = torch.autograd.grad(f(x).square().sum(), (v, g), create_graph=True)
+        return grad_v.square().sum() + grad_g.square().sum()
+
+    set_output_scaling(mode)
+    try:
+        penalty(layer, v, g).backward()
+    finally:
+        set_output_scaling("auto")
+    v_ref = v.detach().clone().requires_grad_(True)
+    g_ref = g.detach().clone().requires_grad_(True)
+    penalty(_explicit_wn_layer(layer, v_ref, g_ref), v_ref, g_ref).backward()
+    torch.testing.assert_close(v.grad, v_ref.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(g.grad, g_ref.grad, rtol=1e-4, atol=1e-5)
 
 
 def test_apply_uses_dim_one_for_transposed_convs():

@@ -52,6 +52,79 @@ def norm_except_dim(v: Tensor, dim: int) -> Tensor:
     return torch.linalg.vector_norm(v, dim=dims, keepdim=True)
 
 
+def _graph_task() -> int:
+    """The id of the backward pass under way (-1 outside one)."""
+    return torch._C._current_graph_task_id()
+
+
+class _LengthGrad:
+    """What ``_UnitCoef``'s backward hands to ``_UnitTie``'s in the same backward pass:
+    ``beta`` with ``dL/dv += beta * v`` the gradient through ``||v||``."""
+
+    __slots__ = ("beta", "task")
+
+    def __init__(self) -> None:
+        self.beta: Tensor | None = None
+        self.task = -1
+
+    def take(self) -> Tensor | None:
+        beta, task = self.beta, self.task
+        self.beta, self.task = None, -1
+        return beta if task == _graph_task() else None
+
+
+class _UnitCoef(torch.autograd.Function):
+    """``coef = g / ||v||`` per output unit, computed from ``tied`` (see ``_UnitTie``).
+
+    Backward, given ``dL/dcoef`` (autograd's reduction over the layer's output, smaller than
+    the weight where this path is taken): ``dL/dg = dL/dcoef / ||v||`` is returned; the path
+    through ``||v||``, ``dL/dv_k = -dL/dcoef_k * g_k / ||v_k||^3 * v_k``, is handed as the
+    per-unit factor ``beta`` to ``_UnitTie``, which adds ``beta * v`` in place to the
+    gradient ``v`` gets through the layer. Taking ``tied`` as input makes this backward run
+    before ``_UnitTie``'s in every pass.
+    """
+
+    @staticmethod
+    def forward(ctx, g, tied, dim, lengths):
+        norm = norm_except_dim(tied, dim)
+        ctx.save_for_backward(g, tied, norm)
+        ctx.dim, ctx.lengths = dim, lengths
+        return g / norm
+
+    @staticmethod
+    def backward(ctx, grad_coef):
+        g, tied, norm = ctx.saved_tensors
+        if torch.is_grad_enabled():  # a double backward records this: norm with its graph
+            norm = norm_except_dim(tied, ctx.dim)
+        grad_g = grad_coef / norm
+        ctx.lengths.beta = -grad_g * g / norm.square()
+        ctx.lengths.task = _graph_task()
+        return grad_g, None, None, None
+
+
+class _UnitTie(torch.autograd.Function):
+    """``v`` itself (a view), for ``y = map(x, v) * coef`` with ``coef = _UnitCoef(g, v)``;
+    the backward adds ``beta * v`` (the gradient through ``||v||``) to the incoming one."""
+
+    @staticmethod
+    def forward(ctx, v, lengths):
+        ctx.save_for_backward(v)
+        ctx.lengths = lengths
+        return v.view_as(v)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        beta = ctx.lengths.take()
+        if beta is None:  # coef took no gradient in this pass
+            return grad_out, None
+        (v,) = ctx.saved_tensors
+        if torch.is_grad_enabled():  # a double backward records it: no in-place
+            return grad_out + v * beta, None
+        # Autograd's own buffer (the layer's weight gradient; hooks on ``tied`` only read it).
+        grad = grad_out if grad_out.is_contiguous() else grad_out.contiguous()
+        return grad.addcmul_(v, beta), None
+
+
 class WeightNorm(Reparametrization):
     """``W = g * v / ||v||`` with one length ``g`` per slice of ``v`` along ``dim``."""
 
@@ -74,7 +147,8 @@ class WeightNorm(Reparametrization):
         if self.has_zero_slice:
             return self.v * (self.g / norm_except_dim(self.v, self.dim).clamp_min(ZERO_NORM_EPS))
         if 0 < self.dim < self.v.dim() - 1:  # the fused kernel takes the first or last dim only
-            return self.v * (self.g / norm_except_dim(self.v, self.dim))
+            tied, coef = self._tied_factors()
+            return tied * coef
         return torch._weight_norm(self.v, self.g, self.dim)
 
     @property
@@ -83,10 +157,23 @@ class WeightNorm(Reparametrization):
         return self.v
 
     def factors(self, layer: nn.Module) -> tuple[Tensor, Tensor]:
-        """``(v, g / ||v||)``: the per-unit lengths scale the output; autograd differentiates
-        ``coef`` (its gradient is a reduction over the output, smaller than the weight here)."""
+        """``(v, g / ||v||)``: the per-unit lengths scale the output.
+
+        Autograd reduces the output's gradient to ``dL/dcoef``; ``_UnitCoef`` and
+        ``_UnitTie`` turn it into ``g``'s gradient and an in-place update of ``v``'s, one
+        pass over the weight (autograd through ``||v||`` takes a weight-sized temporary
+        and a sum of two gradients).
+        """
         # Only registered as factorable without an all-zero slice: ||v|| > 0 here.
-        return self.v.view_as(self.v), self.g / norm_except_dim(self.v, self.dim)
+        return self._tied_factors()
+
+    def _tied_factors(self) -> tuple[Tensor, Tensor]:
+        v, g = self.v, self.g
+        if not (torch.is_grad_enabled() and (v.requires_grad or g.requires_grad)):
+            return v.view_as(v), g / norm_except_dim(v, self.dim)
+        lengths = _LengthGrad()
+        tied = _UnitTie.apply(v, lengths)
+        return tied, _UnitCoef.apply(g, tied, self.dim, lengths)
 
     def effective_bias(self) -> Tensor | None:  # pragma: no cover - owns_bias is False
         return None
