@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from normlab.reparam._layers import output_dim
 from normlab.reparam._wrap import (
     Reparametrization,
+    _set,
     check_can_register,
     is_reparametrized,
     register,
@@ -85,8 +86,7 @@ class _UnitCoef(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, g, tied, dim, lengths):
-        norm = norm_except_dim(tied, dim)
+    def forward(ctx, g, tied, norm, dim, lengths):
         ctx.save_for_backward(g, tied, norm)
         ctx.dim, ctx.lengths = dim, lengths
         return g / norm
@@ -99,7 +99,7 @@ class _UnitCoef(torch.autograd.Function):
         grad_g = grad_coef / norm
         ctx.lengths.beta = -grad_g * g / norm.square()
         ctx.lengths.task = _graph_task()
-        return grad_g, None, None, None
+        return grad_g, None, None, None, None
 
 
 class _UnitTie(torch.autograd.Function):
@@ -169,11 +169,34 @@ class WeightNorm(Reparametrization):
 
     def _tied_factors(self) -> tuple[Tensor, Tensor]:
         v, g = self.v, self.g
+        norm = self._norm()
         if not (torch.is_grad_enabled() and (v.requires_grad or g.requires_grad)):
-            return v.view_as(v), g / norm_except_dim(v, self.dim)
+            return v.view_as(v), g / norm
         lengths = _LengthGrad()
         tied = _UnitTie.apply(v, lengths)
-        return tied, _UnitCoef.apply(g, tied, self.dim, lengths)
+        return tied, _UnitCoef.apply(g, tied, norm, self.dim, lengths)
+
+    def _norm(self) -> Tensor:
+        """``||v||`` (no graph), kept until ``v`` changes: a GAN's generator makes the fake
+        batch for D without grad, then runs again for its own step with the same ``v``."""
+        v = self.v
+        try:
+            key = (v.data_ptr(), v._version)
+        except RuntimeError:  # inference tensors have no version counter
+            key = None
+        cached = self.__dict__.get("_norm_cache")
+        if key is not None and cached is not None and cached[0] == key:
+            return cached[1]
+        with torch.no_grad():
+            norm = norm_except_dim(v, self.dim)
+        if key is not None:
+            _set(self, _norm_cache=(key, norm))
+        return norm
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state.pop("_norm_cache", None)
+        return state
 
     def effective_bias(self) -> Tensor | None:  # pragma: no cover - owns_bias is False
         return None
