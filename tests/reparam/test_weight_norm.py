@@ -191,3 +191,32 @@ def test_bad_dim_is_refused_and_layer_unchanged():
     with pytest.raises(ValueError, match="dim"):
         nl.weight_norm(layer, dim=2)
     assert type(layer) is nn.Linear
+
+
+@pytest.mark.parametrize("mode", ["always", "never"])
+def test_kept_norm_follows_every_change_of_v(mode):
+    """``||v||`` is reused only while ``v`` is unchanged: an optimizer step, an in-place
+    edit or ``load_state_dict`` each give the formula's output again."""
+    torch.manual_seed(5)
+    layer = nl.weight_norm(nn.ConvTranspose2d(3, 4, 4, 2, 1), dim=None)
+    x = torch.randn(2, 3, 4, 4)
+    opt = torch.optim.SGD(layer.parameters(), lr=0.5)
+
+    def expected():
+        return _explicit_wn_layer(layer, layer.reparam.v.detach(), layer.reparam.g.detach())(x)
+
+    set_output_scaling(mode)
+    try:
+        with torch.no_grad():
+            layer(x)
+        layer(x).square().sum().backward()
+        opt.step()
+        torch.testing.assert_close(layer(x), expected())
+        with torch.no_grad():
+            layer.reparam.v.add_(torch.randn_like(layer.reparam.v))
+        torch.testing.assert_close(layer(x), expected())
+        other = nl.weight_norm(nn.ConvTranspose2d(3, 4, 4, 2, 1), dim=None)
+        layer.load_state_dict(other.state_dict())
+        torch.testing.assert_close(layer(x), expected())
+    finally:
+        set_output_scaling("auto")
