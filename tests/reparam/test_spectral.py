@@ -9,7 +9,7 @@ from torch.autograd.functional import jacobian
 from torch.nn.utils import parametrizations
 
 import normlab as nl
-from normlab.reparam import ExactSpectralNorm, set_output_scaling
+from normlab.reparam import ExactSpectralNorm, _power, set_output_scaling
 from normlab.reparam._layers import conv_adjoint, conv_args, conv_weight_grad, linear_map
 from tests.reparam._layers import layer_cases
 
@@ -362,6 +362,17 @@ def test_output_scaling_matches_the_formula(name, make, fan_in, out_dim, shape, 
         torch.testing.assert_close(bias.grad, b.grad, **tol)
     if method == "wn":
         torch.testing.assert_close(g_param.grad, layer.reparam.g.grad, **tol)
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "fan_in", "out_dim", "shape"), CONV_CASES, ids=[c[0] for c in CONV_CASES]
+)
+def test_bsn_rank_one_terms_in_one_gemm_match_the_formula(
+    name, make, fan_in, out_dim, shape, monkeypatch
+):
+    """The single-GEMM update of big layers, forced on every layer size."""
+    monkeypatch.setattr(_power, "BOTH_OUTERS_MIN_NUMEL", 0)
+    test_output_scaling_matches_the_formula(name, make, fan_in, out_dim, shape, "bssn", "always")
 
 
 def test_output_scaling_mode_is_checked():
