@@ -110,6 +110,8 @@ def power_step_(w3: Tensor, row_dim: int, u: Tensor, v: Tensor, eps: float) -> T
 
 def sigma_of(w3: Tensor, row_dim: int, u: Tensor, v: Tensor) -> Tensor:
     """``u^T M v`` (no power step)."""
+    if row_dim == 1 and w3.shape[2] > 1:  # (M^T u) . v: u @ W3 beats the transposed M v
+        return torch.dot(mat_t_vec(w3, row_dim, u), v)
     return torch.dot(u, mat_vec(w3, row_dim, v))
 
 
