@@ -30,6 +30,7 @@ peak memory at most 1.05x.
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -190,15 +191,29 @@ class Stepper:
         return base + peak
 
 
+def median_ci(values: list[float], confidence: float = 0.95) -> tuple[float, float]:
+    """A distribution-free confidence interval of the median, ``[x_(j), x_(n-1-j)]`` (sorted,
+    0-based) with ``j`` the largest index such that ``P(Binomial(n, 1/2) <= j) <= (1 - c) / 2``."""
+    xs, n = sorted(values), len(values)
+    j, below = 0, 0.0
+    for i in range(n // 2):
+        below += math.comb(n, i) / 2**n  # P(B <= i)
+        if below > (1 - confidence) / 2:
+            break
+        j = i
+    return xs[j], xs[n - 1 - j]
+
+
 def measure(
     methods: list[str], batch: int, steps: int, warmup: int, resolution: int, full: bool = False
-) -> tuple[dict, dict, dict]:
+) -> tuple[dict, dict, dict, dict]:
     """Each method interleaved with its baked twin, one step of each per round.
 
     Returns ``(method -> median seconds, method -> its twin's median seconds,
-    method -> median over rounds of the method's time / the twin's)``.
+    method -> median over rounds of the method's time / the twin's, method -> that
+    median's 95% confidence interval)``.
     """
-    med, base, ratio = {}, {}, {}
+    med, base, ratio, interval = {}, {}, {}, {}
     for m in methods:
         torch.manual_seed(0)
         first = Stepper(m, batch, resolution, full)
@@ -215,8 +230,10 @@ def measure(
                 times[k].append(time.perf_counter() - t0)
         med[m] = statistics.median(times[m])
         base[m] = statistics.median(times["twin"])
-        ratio[m] = statistics.median(a / b for a, b in zip(times[m], times["twin"]))
-    return med, base, ratio
+        ratios = [a / b for a, b in zip(times[m], times["twin"])]
+        ratio[m] = statistics.median(ratios)
+        interval[m] = median_ci(ratios)
+    return med, base, ratio, interval
 
 
 def peak_memory(method: str, batch: int, resolution: int, full: bool) -> float:
@@ -248,7 +265,7 @@ def main() -> None:
         methods = [m for m in methods if m not in TORCH_BASELINES]
     what = "GAN iteration (D + G update)" if args.full else "D step"
     for batch in args.batch:
-        med, base, ratio = measure(
+        med, base, ratio, interval = measure(
             methods, batch, args.steps, args.warmup, args.resolution, args.full
         )
         mem = (
@@ -256,9 +273,13 @@ def main() -> None:
             if args.memory
             else {}
         )
-        print(f"\nbatch {batch}: median {what}; x twin = median of per-round ratios")
         print(
-            f"{'method':10s} {'ms':>8s} {'twin ms':>8s} {'x twin':>7s} {'x torch_sn':>11s} "
+            f"\nbatch {batch}: median {what}; x twin = median of per-round ratios "
+            "(95% CI of that median)"
+        )
+        print(
+            f"{'method':10s} {'ms':>8s} {'twin ms':>8s} {'x twin':>7s} {'95% CI':>13s} "
+            f"{'x torch_sn':>11s} "
             f"{'peak MiB':>9s} {'x none':>7s}"
         )
         for m in methods:
@@ -268,7 +289,7 @@ def main() -> None:
             )
             print(
                 f"{m:10s} {med[m] * 1e3:8.1f} {base[m] * 1e3:8.1f} {ratio[m]:7.3f} "
-                f"{rel_sn:>11s} {mem_cols}"
+                f"{interval[m][0]:6.3f}-{interval[m][1]:6.3f} {rel_sn:>11s} {mem_cols}"
             )
 
 
