@@ -1,0 +1,125 @@
+"""Where a method's time goes, layer by layer: each layer's cost over the same plain layer.
+
+Every layer of the standard-CNN discriminator and generator (32x32, width 64) is timed on
+its own, as the GAN step uses it: a discriminator layer on two batches (real and fake)
+before one backward, a generator layer on one. Each round runs the method's layer and a
+plain copy with the same weights back to back, in alternating order; the figure is the
+median over rounds of the difference, in ms, for each output-scaling mode of
+``normlab.reparam.set_output_scaling`` (``auto`` picks per call, ``always`` scales the
+output, ``never`` the weight).
+
+    python benchmarks/bench_layers.py [--method wn] [--batch 16] [--rounds 40] [--modes auto,never]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+import normlab as nl
+from normlab.reparam import set_output_scaling
+from normlab.reparam._wrap import OUTPUT_SCALING_MODES
+
+
+def standard_cnn_layers(batch: int) -> list[tuple[str, nn.Module, tuple[int, ...], int]]:
+    """``(network, layer, input shape, calls before one backward)`` for each weighted layer."""
+    d = [
+        (nn.Conv2d(3, 64, 3, 1, 1), (3, 32, 32)),
+        (nn.Conv2d(64, 64, 4, 2, 1), (64, 32, 32)),
+        (nn.Conv2d(64, 128, 3, 1, 1), (64, 16, 16)),
+        (nn.Conv2d(128, 128, 4, 2, 1), (128, 16, 16)),
+        (nn.Conv2d(128, 256, 3, 1, 1), (128, 8, 8)),
+        (nn.Conv2d(256, 256, 4, 2, 1), (256, 8, 8)),
+        (nn.Conv2d(256, 512, 3, 1, 1), (256, 4, 4)),
+        (nn.Linear(512 * 4 * 4, 1), (512 * 4 * 4,)),
+    ]
+    g = [
+        (nn.Linear(128, 512 * 4 * 4), (128,)),
+        (nn.ConvTranspose2d(512, 256, 4, 2, 1), (512, 4, 4)),
+        (nn.ConvTranspose2d(256, 128, 4, 2, 1), (256, 8, 8)),
+        (nn.ConvTranspose2d(128, 64, 4, 2, 1), (128, 16, 16)),
+        (nn.Conv2d(64, 3, 3, 1, 1), (64, 32, 32)),
+    ]
+    return [("D", m, (batch, *s), 2) for m, s in d] + [("G", m, (batch, *s), 1) for m, s in g]
+
+
+def step_fn(layer: nn.Module, inputs: list[torch.Tensor]) -> Callable[[], None]:
+    def step() -> None:
+        sum(layer(x).square().mean() for x in inputs).backward()
+
+    return step
+
+
+def median_extra_ms(method_step: Callable, plain_step: Callable, rounds: int) -> float:
+    for _ in range(5):
+        method_step()
+        plain_step()
+    diffs = []
+    for i in range(rounds):  # which one runs first alternates: the second is often faster
+        first, second = (method_step, plain_step) if i % 2 == 0 else (plain_step, method_step)
+        t0 = time.perf_counter()
+        first()
+        t1 = time.perf_counter()
+        second()
+        t_first, t_second = t1 - t0, time.perf_counter() - t1
+        diffs.append(t_first - t_second if i % 2 == 0 else t_second - t_first)
+    return statistics.median(diffs) * 1e3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--method", default="sn", choices=[m for m in nl.METHODS if m != "none"])
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--modes", default="auto,never,always")
+    args = parser.parse_args()
+    modes = args.modes.split(",")
+    for mode in modes:
+        if mode not in OUTPUT_SCALING_MODES:
+            parser.error(f"--modes: {mode!r} is not one of {OUTPUT_SCALING_MODES}")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    print(
+        f"{args.method}, batch {args.batch}, {args.threads} threads: median ms over the plain "
+        f"layer per step ({args.rounds} rounds)"
+    )
+    print(f"{'net':3s} {'layer':34s} {'plain ms':>8s} " + " ".join(f"{m:>7s}" for m in modes))
+    totals = dict.fromkeys(modes, 0.0)
+    try:
+        for net, layer, shape, calls in standard_cnn_layers(args.batch):
+            plain = copy.deepcopy(layer)
+            ours = nl.apply(nn.Sequential(copy.deepcopy(layer)), args.method)[0]
+            inputs = [torch.randn(shape) for _ in range(calls)]
+            if args.method == "sn_exact":
+                ours(inputs[0])  # exact SN learns its input shape
+            with torch.no_grad():  # the same effective weights (eqlr re-initialises them)
+                plain.weight.copy_(ours.weight)
+                if plain.bias is not None:
+                    plain.bias.copy_(ours.bias)
+            plain_step = step_fn(plain, inputs)
+            t0 = time.perf_counter()
+            for _ in range(5):
+                plain_step()
+            plain_ms = (time.perf_counter() - t0) / 5 * 1e3
+            row = []
+            for mode in modes:
+                set_output_scaling(mode)
+                extra = median_extra_ms(step_fn(ours, inputs), plain_step, args.rounds)
+                totals[mode] += extra
+                row.append(f"{extra:+7.2f}")
+            what = f"{type(layer).__name__}{tuple(layer.weight.shape)}"
+            print(f"{net:3s} {what:34s} {plain_ms:8.2f} " + " ".join(row))
+    finally:
+        set_output_scaling("auto")
+    print(f"{'':3s} {'total':34s} {'':8s} " + " ".join(f"{totals[m]:+7.2f}" for m in modes))
+
+
+if __name__ == "__main__":
+    main()
