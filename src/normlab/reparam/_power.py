@@ -18,6 +18,11 @@ closed form::
 with ``u_i, v_i`` the power vectors (constants of the step, as in Miyato et al.). The
 rank-one terms are added in place, so a backward costs three passes over the weight
 instead of the six or more that autograd takes through ``u^T W v``.
+
+These backwards are exact to first order, which covers gradient penalties on the input
+(WGAN-GP, R1: their second pass is a first-order backward here). Differentiating the
+weight's gradient itself again (``create_graph`` through this backward) treats ``sigma``
+as a constant, so such third-order uses miss the terms through ``sigma``.
 """
 
 from __future__ import annotations
@@ -53,17 +58,17 @@ def mat_t_vec(w3: Tensor, row_dim: int, u: Tensor) -> Tensor:
     return torch.matmul(u, w3).reshape(d0 * r)
 
 
-def add_outer_(grad3: Tensor, row_dim: int, u: Tensor, v: Tensor) -> None:
-    """``grad += u v^T`` laid out as the reshape with rows along ``row_dim``, in place."""
+def add_outer_(grad3: Tensor, row_dim: int, u: Tensor, v: Tensor, alpha: float = 1.0) -> None:
+    """``grad += alpha * u v^T`` laid out as the reshape with rows along ``row_dim``, in place."""
     d0, d1, r = grad3.shape
     if row_dim == 0:
-        grad3.view(d0, d1 * r).addr_(u, v)
+        grad3.view(d0, d1 * r).addr_(u, v, alpha=alpha)
     elif r == 1:
-        grad3.view(d0, d1).addr_(v, u)
+        grad3.view(d0, d1).addr_(v, u, alpha=alpha)
     elif r < 16:  # a broadcast product beats batched rank-one GEMMs with short rows (3x3: 2x)
-        grad3.addcmul_(u.view(1, d1, 1), v.view(d0, 1, r))
+        grad3.addcmul_(u.view(1, d1, 1), v.view(d0, 1, r), value=alpha)
     else:
-        grad3.baddbmm_(u.view(1, d1, 1).expand(d0, d1, 1), v.view(d0, 1, r))
+        grad3.baddbmm_(u.view(1, d1, 1).expand(d0, d1, 1), v.view(d0, 1, r), alpha=alpha)
 
 
 #: From this many weight entries, BSN's two rank-one terms on a kernel of 2 to 15 taps go in
@@ -71,8 +76,10 @@ def add_outer_(grad3: Tensor, row_dim: int, u: Tensor, v: Tensor) -> None:
 BOTH_OUTERS_MIN_NUMEL = 1 << 18
 
 
-def add_both_outers_(grad3: Tensor, u0: Tensor, v0: Tensor, u1: Tensor, v1: Tensor) -> None:
-    """``grad += u0 v0^T`` (rows along dim 0) ``+ u1 v1^T`` (rows along dim 1), in one GEMM.
+def add_both_outers_(
+    grad3: Tensor, u0: Tensor, v0: Tensor, u1: Tensor, v1: Tensor, alpha: float = 1.0
+) -> None:
+    """``grad += alpha * (u0 v0^T`` (rows along dim 0) ``+ u1 v1^T)`` (rows along dim 1), one GEMM.
 
     In the layout ``(d0, d1 * r)`` the second term is ``V1 @ E`` with ``V1 = v1.view(d0, r)``
     and ``E[c, (b, c')] = u1[b] * delta(c, c')``, so both are ``[V1 | u0] @ [E ; v0^T]``.
@@ -81,7 +88,7 @@ def add_both_outers_(grad3: Tensor, u0: Tensor, v0: Tensor, u1: Tensor, v1: Tens
     left = torch.cat([v1.view(d0, r), u0.view(d0, 1)], dim=1)
     taps = torch.eye(r, dtype=grad3.dtype, device=grad3.device).view(r, 1, r)
     right = torch.cat([(taps * u1.view(1, d1, 1)).view(r, d1 * r), v0.view(1, d1 * r)], dim=0)
-    grad3.view(d0, d1 * r).addmm_(left, right)
+    grad3.view(d0, d1 * r).addmm_(left, right, alpha=alpha)
 
 
 def scaled_plus_outer(
@@ -100,9 +107,18 @@ def scaled_plus_outer(
 
 def power_step_(w3: Tensor, row_dim: int, u: Tensor, v: Tensor, eps: float) -> Tensor:
     """One step ``v <- N(M^T u)``, ``u <- N(M v)`` in place; returns ``sigma = ||M v||``."""
-    v.copy_(mat_t_vec(w3, row_dim, u))
-    v.div_(torch.linalg.vector_norm(v).clamp_min_(eps))
-    u.copy_(mat_vec(w3, row_dim, v))
+    d0, d1, r = w3.shape
+    if (
+        row_dim == 0 and u.is_contiguous() and v.is_contiguous()
+    ):  # products straight into the buffers
+        m = w3.reshape(d0, d1 * r)
+        torch.mv(m.t(), u, out=v)
+        v.div_(torch.linalg.vector_norm(v).clamp_min_(eps))
+        torch.mv(m, v, out=u)
+    else:
+        v.copy_(mat_t_vec(w3, row_dim, u))
+        v.div_(torch.linalg.vector_norm(v).clamp_min_(eps))
+        u.copy_(mat_vec(w3, row_dim, v))
     sigma = torch.linalg.vector_norm(u)
     u.div_(sigma.clamp_min(eps))
     return sigma
@@ -129,21 +145,26 @@ class _Normalize(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         weight, sigma, *vectors = ctx.saved_tensors
-        coef = ctx.scale / sigma
         grad_out = grad_out.contiguous()
         inner = torch.dot(grad_out.reshape(-1), weight.reshape(-1))
-        alpha = -(coef * inner / sigma) / len(ctx.row_dims)
-        pairs = [(vectors[2 * i], vectors[2 * i + 1]) for i in range(len(ctx.row_dims))]
-        if grad_out.device.type == "cpu":
-            # One fused pass ``coef * G + alpha * u v^T`` (scalars as floats: free on CPU).
+        n = len(ctx.row_dims)
+        pairs = [(vectors[2 * i], vectors[2 * i + 1]) for i in range(n)]
+        if grad_out.device.type == "cpu" and not torch.is_grad_enabled():
+            # Scalars as floats (free on the CPU), and one fused pass ``coef * G + alpha u v^T``.
+            sigma_f = float(sigma)
+            coef = ctx.scale / sigma_f
+            alpha = -coef * float(inner) / sigma_f / n
             (u, v), row_dim = pairs[0], ctx.row_dims[0]
-            grad = scaled_plus_outer(grad_out, row_dim, u, v, float(coef), float(alpha))
-            start = 1
-        else:  # on GPUs keep the scalars on the device: no sync
-            grad, start = grad_out * coef, 0
-        grad3 = as3d(grad)
-        for (u, v), row_dim in zip(pairs[start:], ctx.row_dims[start:]):
-            add_outer_(grad3, row_dim, u * alpha, v)
+            grad = scaled_plus_outer(grad_out, row_dim, u, v, coef, alpha)
+            for (u, v), row_dim in zip(pairs[1:], ctx.row_dims[1:]):
+                add_outer_(as3d(grad), row_dim, u, v, alpha=alpha)
+            return grad, None, None, None, None
+        # On GPUs the scalars stay on the device (no sync); under create_graph they are recorded.
+        coef = ctx.scale / sigma
+        alpha = -(coef * inner / sigma) / n
+        grad = grad_out * coef
+        for (u, v), row_dim in zip(pairs, ctx.row_dims):
+            add_outer_(as3d(grad), row_dim, u * alpha, v)
         return grad, None, None, None, None
 
 
@@ -183,16 +204,21 @@ class _Tie(torch.autograd.Function):
         # in-place passes over fresh memory cost about half as much on the CPU.
         grad = grad_out if grad_out.is_contiguous() else grad_out.contiguous()
         inner = torch.dot(grad.reshape(-1), weight.reshape(-1))
-        alpha = -(inner / sigma) / len(ctx.row_dims)  # a tensor: no device sync
+        if grad.device.type == "cpu" and not torch.is_grad_enabled():
+            # The scalar as a float (free on the CPU): three fewer small ops per layer.
+            alpha, scale = -float(inner) / float(sigma) / len(ctx.row_dims), None
+        else:  # a tensor: no device sync; under create_graph it is recorded
+            alpha, scale = 1.0, -(inner / sigma) / len(ctx.row_dims)
         grad3 = as3d(grad)
         terms = {
-            row: (vectors[2 * i] * alpha, vectors[2 * i + 1]) for i, row in enumerate(ctx.row_dims)
+            row: (vectors[2 * i] if scale is None else vectors[2 * i] * scale, vectors[2 * i + 1])
+            for i, row in enumerate(ctx.row_dims)
         }
         if len(terms) == 2 and 1 < grad3.shape[2] < 16 and grad.numel() >= BOTH_OUTERS_MIN_NUMEL:
-            add_both_outers_(grad3, *terms[0], *terms[1])
+            add_both_outers_(grad3, *terms[0], *terms[1], alpha=alpha)
         else:
             for row_dim, (u, v) in terms.items():
-                add_outer_(grad3, row_dim, u, v)
+                add_outer_(grad3, row_dim, u, v, alpha=alpha)
         return grad, None, None, None
 
 
