@@ -108,9 +108,8 @@ def scaled_plus_outer(
 def power_step_(w3: Tensor, row_dim: int, u: Tensor, v: Tensor, eps: float) -> Tensor:
     """One step ``v <- N(M^T u)``, ``u <- N(M v)`` in place; returns ``sigma = ||M v||``."""
     d0, d1, r = w3.shape
-    if (
-        row_dim == 0 and u.is_contiguous() and v.is_contiguous()
-    ):  # products straight into the buffers
+    # Miyato's reshape: the products go straight into the buffers (no temporaries to copy).
+    if row_dim == 0 and u.is_contiguous() and v.is_contiguous():
         m = w3.reshape(d0, d1 * r)
         torch.mv(m.t(), u, out=v)
         v.div_(torch.linalg.vector_norm(v).clamp_min_(eps))

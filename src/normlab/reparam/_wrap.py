@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -125,17 +125,12 @@ class Reparametrization(nn.Module):
         grad = torch.is_grad_enabled()
         if not _CACHE_ENABLED or (self.training and not grad):
             return None
-        try:
-            # requires_grad too: a weight computed while the layer was frozen (a GAN's G
-            # step through D) has no graph back to the raw tensors, and must not be reused.
-            state = tuple(
-                (t.data_ptr(), t._version, t.requires_grad)
-                for t in (*self._parameters.values(), *self._buffers.values())
-                if t is not None
-            )
-        except RuntimeError:  # inference tensors have no version counter
-            return None
-        return (state, grad, self.training)
+        # requires_grad too: a weight computed while the layer was frozen (a GAN's G step
+        # through D) has no graph back to the raw tensors, and must not be reused.
+        state = tensor_state(
+            t for t in (*self._parameters.values(), *self._buffers.values()) if t is not None
+        )
+        return None if state is None else (state, grad, self.training)
 
     def _invalidate(self, grad: Tensor | None = None) -> None:
         _set(self, _cached=None, _cached_key=None, _factors=None, _factors_key=None)
@@ -205,6 +200,16 @@ class Reparametrization(nn.Module):
         state.pop("_factors_key", None)
         state["_weight_grad_hooks"] = OrderedDict()
         return state
+
+
+def tensor_state(tensors: Iterable[Tensor]) -> tuple | None:
+    """``(storage, version counter, requires_grad)`` of each tensor: it changes with every
+    in-place write (an optimizer step, ``load_state_dict``). None for inference tensors,
+    which have no version counter."""
+    try:
+        return tuple((t.data_ptr(), t._version, t.requires_grad) for t in tensors)
+    except RuntimeError:
+        return None
 
 
 def _set(module: nn.Module, **attrs: Any) -> None:

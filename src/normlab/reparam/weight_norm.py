@@ -35,6 +35,7 @@ from normlab.reparam._wrap import (
     check_can_register,
     is_reparametrized,
     register,
+    tensor_state,
 )
 
 #: Floor of ``||v||`` for all-zero slices (their ``g`` is 0, so their weights stay 0).
@@ -179,16 +180,12 @@ class WeightNorm(Reparametrization):
     def _norm(self) -> Tensor:
         """``||v||`` (no graph), kept until ``v`` changes: a GAN's generator makes the fake
         batch for D without grad, then runs again for its own step with the same ``v``."""
-        v = self.v
-        try:
-            key = (v.data_ptr(), v._version)
-        except RuntimeError:  # inference tensors have no version counter
-            key = None
+        key = tensor_state((self.v,))
         cached = self.__dict__.get("_norm_cache")
         if key is not None and cached is not None and cached[0] == key:
             return cached[1]
         with torch.no_grad():
-            norm = norm_except_dim(v, self.dim)
+            norm = norm_except_dim(self.v, self.dim)
         if key is not None:
             _set(self, _norm_cache=(key, norm))
         return norm
