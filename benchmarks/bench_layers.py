@@ -23,30 +23,36 @@ import torch
 from torch import nn
 
 import normlab as nl
+from normlab.gan.models import StandardCNNDiscriminator, StandardCNNGenerator
 from normlab.reparam import set_output_scaling
+from normlab.reparam._layers import is_supported
 from normlab.reparam._wrap import OUTPUT_SCALING_MODES
 
 
 def standard_cnn_layers(batch: int) -> list[tuple[str, nn.Module, tuple[int, ...], int]]:
-    """``(network, layer, input shape, calls before one backward)`` for each weighted layer."""
-    d = [
-        (nn.Conv2d(3, 64, 3, 1, 1), (3, 32, 32)),
-        (nn.Conv2d(64, 64, 4, 2, 1), (64, 32, 32)),
-        (nn.Conv2d(64, 128, 3, 1, 1), (64, 16, 16)),
-        (nn.Conv2d(128, 128, 4, 2, 1), (128, 16, 16)),
-        (nn.Conv2d(128, 256, 3, 1, 1), (128, 8, 8)),
-        (nn.Conv2d(256, 256, 4, 2, 1), (256, 8, 8)),
-        (nn.Conv2d(256, 512, 3, 1, 1), (256, 4, 4)),
-        (nn.Linear(512 * 4 * 4, 1), (512 * 4 * 4,)),
+    """``(network, layer, input shape, calls before one backward)`` for each weighted layer
+    of the lab's standard CNN D and G, in forward order (shapes recorded from a forward)."""
+    found: list[tuple[str, nn.Module, tuple[int, ...], int]] = []
+    nets = [
+        ("D", StandardCNNDiscriminator(resolution=32, channels=3, width=64), (batch, 3, 32, 32), 2),
+        (
+            "G",
+            StandardCNNGenerator(z_dim=128, resolution=32, channels=3, width=64),
+            (batch, 128),
+            1,
+        ),
     ]
-    g = [
-        (nn.Linear(128, 512 * 4 * 4), (128,)),
-        (nn.ConvTranspose2d(512, 256, 4, 2, 1), (512, 4, 4)),
-        (nn.ConvTranspose2d(256, 128, 4, 2, 1), (256, 8, 8)),
-        (nn.ConvTranspose2d(128, 64, 4, 2, 1), (128, 16, 16)),
-        (nn.Conv2d(64, 3, 3, 1, 1), (64, 32, 32)),
-    ]
-    return [("D", m, (batch, *s), 2) for m, s in d] + [("G", m, (batch, *s), 1) for m, s in g]
+    for name, net, shape, calls in nets:
+
+        def record(layer: nn.Module, inputs: tuple, name: str = name, calls: int = calls) -> None:
+            found.append((name, layer, tuple(inputs[0].shape), calls))
+
+        hooks = [m.register_forward_pre_hook(record) for m in net.modules() if is_supported(m)]
+        with torch.no_grad():
+            net(torch.zeros(shape))
+        for h in hooks:
+            h.remove()
+    return found
 
 
 def step_fn(layer: nn.Module, inputs: list[torch.Tensor]) -> Callable[[], None]:
