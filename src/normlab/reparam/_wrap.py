@@ -33,6 +33,11 @@ _CACHE_ENABLED = True
 #: smaller), "always" or "never"; see ``set_output_scaling``.
 _OUTPUT_SCALING = "auto"
 OUTPUT_SCALING_MODES = ("auto", "always", "never")
+#: In "auto", the output is scaled where this many times its size is below the weight's: the
+#: output's passes are paid on every call (a GAN's D runs on the real and the fake batch per
+#: step) and leave the bias unfused, the weight's once per step (measured per layer with
+#: benchmarks/bench_layers.py: at 1x, layers with outputs half their weight ran slower).
+OUTPUT_TO_WEIGHT_COST = 2
 _WRAPPED_CLASSES: dict[type[nn.Module], type[nn.Module]] = {}
 
 
@@ -231,8 +236,9 @@ def _per_effective_weight(fn: Callable[[Tensor], Any], coef: Tensor) -> Callable
 def set_output_scaling(mode: str) -> None:
     """Where SN-family and eqlr layers apply their scalar coefficient, globally.
 
-    ``"auto"`` (default): on the output where it has fewer elements than the weight, on
-    the weight elsewhere; ``"always"`` / ``"never"``: always on the output / the weight.
+    ``"auto"`` (default): on the output where it has fewer than half as many elements as
+    the weight (``OUTPUT_TO_WEIGHT_COST``), on the weight elsewhere; ``"always"`` /
+    ``"never"``: always on the output / the weight.
     The results agree up to float rounding; only speed and memory differ.
     """
     global _OUTPUT_SCALING
@@ -246,7 +252,9 @@ def _scales_output(layer: nn.Module, reparam: Reparametrization, x: Tensor) -> b
         return False
     if layer._normlab_base.forward not in STOCK_FORWARDS:
         return False
-    return _OUTPUT_SCALING == "always" or output_numel(layer, x) < reparam.raw_weight.numel()
+    if _OUTPUT_SCALING == "always":
+        return True
+    return output_numel(layer, x) * OUTPUT_TO_WEIGHT_COST < reparam.raw_weight.numel()
 
 
 def set_weight_cache(enabled: bool) -> None:
@@ -308,11 +316,11 @@ def _set_weight(self: nn.Module, value: Any) -> None:
 
 
 def _forward(self: nn.Module, input: Tensor, *args: Any, **kwargs: Any) -> Tensor:
-    """The layer's forward, with its weight scaled on whichever side is smaller.
+    """The layer's forward, with its weight scaled on whichever side costs less.
 
     A layer whose effective weight is ``coef * W`` (``coef`` a scalar, or one value per
-    output unit) computes ``map(x, coef * W) = coef * map(x, W)``. Where the output has
-    fewer elements than the weight (the deep layers of a CNN at small batch), scaling the
+    output unit) computes ``map(x, coef * W) = coef * map(x, W)``. Where the output is well
+    smaller than the weight (the deep layers of a CNN at small batch), scaling the
     output instead saves a weight-sized copy in memory (the conv would keep ``coef * W``
     for its backward) and a pass over the weight in each direction; the gradient through
     ``coef`` reaches ``W`` by ``tied``'s backward (see ``Reparametrization.factors``).
