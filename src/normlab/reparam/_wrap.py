@@ -33,11 +33,6 @@ _CACHE_ENABLED = True
 #: smaller), "always" or "never"; see ``set_output_scaling``.
 _OUTPUT_SCALING = "auto"
 OUTPUT_SCALING_MODES = ("auto", "always", "never")
-#: In "auto", the output is scaled where this many times its size is below the weight's: the
-#: output's passes are paid on every call (a GAN's D runs on the real and the fake batch per
-#: step) and leave the bias unfused, the weight's once per step (measured per layer with
-#: benchmarks/bench_layers.py: at 1x, layers with outputs half their weight ran slower).
-OUTPUT_TO_WEIGHT_COST = 2
 _WRAPPED_CLASSES: dict[type[nn.Module], type[nn.Module]] = {}
 
 
@@ -75,6 +70,9 @@ class Reparametrization(nn.Module):
     needs_input: bool = False
     #: Whether ``factors`` is implemented (``W_eff = coef * tied``, see there).
     factorable: bool = False
+    #: In the "auto" output-scaling mode the output is scaled where this many times its size
+    #: is below the weight's: the cost of the output's passes relative to the weight's.
+    output_cost: float = 1.0
     # The cached ``factored_weight`` result and its key (class defaults: older pickles).
     _factors: tuple[Tensor, Tensor] | None = None
     _factors_key: tuple | None = None
@@ -236,8 +234,9 @@ def _per_effective_weight(fn: Callable[[Tensor], Any], coef: Tensor) -> Callable
 def set_output_scaling(mode: str) -> None:
     """Where SN-family and eqlr layers apply their scalar coefficient, globally.
 
-    ``"auto"`` (default): on the output where it has fewer than half as many elements as
-    the weight (``OUTPUT_TO_WEIGHT_COST``), on the weight elsewhere; ``"always"`` /
+    ``"auto"`` (default): on the output where it has fewer elements than the weight (half
+    as many for weight normalization, whose per-unit lengths cost more passes over the
+    output: ``Reparametrization.output_cost``), on the weight elsewhere; ``"always"`` /
     ``"never"``: always on the output / the weight.
     The results agree up to float rounding; only speed and memory differ.
     """
@@ -254,7 +253,7 @@ def _scales_output(layer: nn.Module, reparam: Reparametrization, x: Tensor) -> b
         return False
     if _OUTPUT_SCALING == "always":
         return True
-    return output_numel(layer, x) * OUTPUT_TO_WEIGHT_COST < reparam.raw_weight.numel()
+    return output_numel(layer, x) * reparam.output_cost < reparam.raw_weight.numel()
 
 
 def set_weight_cache(enabled: bool) -> None:
@@ -319,8 +318,8 @@ def _forward(self: nn.Module, input: Tensor, *args: Any, **kwargs: Any) -> Tenso
     """The layer's forward, with its weight scaled on whichever side costs less.
 
     A layer whose effective weight is ``coef * W`` (``coef`` a scalar, or one value per
-    output unit) computes ``map(x, coef * W) = coef * map(x, W)``. Where the output is well
-    smaller than the weight (the deep layers of a CNN at small batch), scaling the
+    output unit) computes ``map(x, coef * W) = coef * map(x, W)``. Where the output is smaller
+    than the weight (``output_cost`` times; the deep layers of a CNN at small batch), scaling the
     output instead saves a weight-sized copy in memory (the conv would keep ``coef * W``
     for its backward) and a pass over the weight in each direction; the gradient through
     ``coef`` reaches ``W`` by ``tied``'s backward (see ``Reparametrization.factors``).
