@@ -578,3 +578,63 @@ def test_exact_sn_on_a_zero_map_only_scales_the_weight():
     torch.testing.assert_close(layer.weight, raw * 1.5)
     y.sum().backward()
     assert torch.isfinite(raw.grad).all()
+
+
+@pytest.mark.parametrize("method", ["sn", "bsn", "sn_exact"])
+@pytest.mark.parametrize("changed_after_eval", [False, True])
+def test_an_eval_pass_before_a_step_leaves_the_step_unchanged(
+    method, changed_after_eval, monkeypatch
+):
+    """G's step runs D frozen in eval; D's next power step starts from that pass's product
+    (``M^T u``, or ``A v`` for exact SN) when the weight is unchanged, and recomputes it
+    when the weight changed since. Either way the step must equal one without the eval
+    pass."""
+    from normlab.reparam import spectral
+
+    reused = []
+    real_step, real_image = spectral.power_step_, ExactSpectralNorm._kept_image
+
+    def step_spy(w3, row_dim, u, v, eps, mt_u=None):
+        reused.append(mt_u is not None)
+        return real_step(w3, row_dim, u, v, eps, mt_u)
+
+    def image_spy(self):
+        image = real_image(self)
+        reused.append(image is not None)
+        return image
+
+    monkeypatch.setattr(spectral, "power_step_", step_spy)
+    monkeypatch.setattr(ExactSpectralNorm, "_kept_image", image_spy)
+    torch.manual_seed(21)
+    layers = [nn.Conv2d(3, 6, 3, stride=2), nn.ReLU(), nn.ConvTranspose2d(6, 4, 4), nn.Flatten()]
+    a = nl.apply(nn.Sequential(*layers, nn.Linear(4 * 6 * 6, 5)), method)
+    x = torch.randn(2, 3, 7, 7)
+    a(x).sum().backward()
+    b = copy.deepcopy(a)
+
+    def optimizer_step(model):
+        with torch.no_grad():
+            for i, p in enumerate(model.parameters()):
+                p.add_(0.05 * torch.sin(torch.arange(p.numel()).view_as(p) + i))
+                p.grad = None
+
+    optimizer_step(a)
+    optimizer_step(b)
+    a.eval().requires_grad_(False)  # the G step through a frozen D
+    a(x.clone().requires_grad_(True)).sum().backward()
+    a.train().requires_grad_(True)
+    if changed_after_eval:
+        for model in (a, b):
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.mul_(0.9)
+    reused.clear()
+    ya, yb = a(x), b(x)
+    assert any(reused[: len(reused) // 2]) != changed_after_eval
+    torch.testing.assert_close(ya, yb)
+    ya.square().sum().backward()
+    yb.square().sum().backward()
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(pa.grad, pb.grad, msg=name)
+    for (name, ba), bb in zip(a.named_buffers(), b.buffers()):
+        torch.testing.assert_close(ba, bb, msg=name)

@@ -105,29 +105,42 @@ def scaled_plus_outer(
     return out.view(g.shape)
 
 
-def power_step_(w3: Tensor, row_dim: int, u: Tensor, v: Tensor, eps: float) -> Tensor:
-    """One step ``v <- N(M^T u)``, ``u <- N(M v)`` in place; returns ``sigma = ||M v||``."""
+def power_step_(
+    w3: Tensor, row_dim: int, u: Tensor, v: Tensor, eps: float, mt_u: Tensor | None = None
+) -> Tensor:
+    """One step ``v <- N(M^T u)``, ``u <- N(M v)`` in place; returns ``sigma = ||M v||``.
+
+    ``mt_u``, if given, is ``M^T u`` already computed for this ``M`` and ``u`` (by
+    ``sigma_of``), which saves the step's first pass over the weight.
+    """
     d0, d1, r = w3.shape
     # Miyato's reshape: the products go straight into the buffers (no temporaries to copy).
-    if row_dim == 0 and u.is_contiguous() and v.is_contiguous():
-        m = w3.reshape(d0, d1 * r)
+    fast = row_dim == 0 and u.is_contiguous() and v.is_contiguous()
+    m = w3.reshape(d0, d1 * r) if fast else None
+    if mt_u is not None:
+        v.copy_(mt_u)
+    elif fast:
         torch.mv(m.t(), u, out=v)
-        v.div_(torch.linalg.vector_norm(v).clamp_min_(eps))
-        torch.mv(m, v, out=u)
     else:
         v.copy_(mat_t_vec(w3, row_dim, u))
-        v.div_(torch.linalg.vector_norm(v).clamp_min_(eps))
+    v.div_(torch.linalg.vector_norm(v).clamp_min_(eps))
+    if fast:
+        torch.mv(m, v, out=u)
+    else:
         u.copy_(mat_vec(w3, row_dim, v))
     sigma = torch.linalg.vector_norm(u)
     u.div_(sigma.clamp_min(eps))
     return sigma
 
 
-def sigma_of(w3: Tensor, row_dim: int, u: Tensor, v: Tensor) -> Tensor:
-    """``u^T M v`` (no power step)."""
-    if row_dim == 1 and w3.shape[2] > 1:  # (M^T u) . v: u @ W3 beats the transposed M v
-        return torch.dot(mat_t_vec(w3, row_dim, u), v)
-    return torch.dot(u, mat_vec(w3, row_dim, v))
+def sigma_of(w3: Tensor, row_dim: int, u: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    """``(u^T M v, M^T u)`` (no power step).
+
+    Computed as ``(M^T u) . v``, so that the next power step on the same ``M`` and ``u``
+    (a GAN's D step after G's step through D in eval) can start from ``M^T u``.
+    """
+    mt_u = mat_t_vec(w3, row_dim, u)
+    return torch.dot(mt_u, v), mt_u
 
 
 class _Normalize(torch.autograd.Function):

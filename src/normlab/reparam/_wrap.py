@@ -205,11 +205,13 @@ class Reparametrization(nn.Module):
         return state
 
 
-def tensor_state(tensors: Iterable[Tensor]) -> tuple | None:
-    """``(storage, version counter, requires_grad)`` of each tensor: it changes with every
+def tensor_state(tensors: Iterable[Tensor], requires_grad: bool = True) -> tuple | None:
+    """``(storage, version counter[, requires_grad])`` of each tensor: it changes with every
     in-place write (an optimizer step, ``load_state_dict``). None for inference tensors,
     which have no version counter."""
     try:
+        if not requires_grad:
+            return tuple((t.data_ptr(), t._version) for t in tensors)
         return tuple((t.data_ptr(), t._version, t.requires_grad) for t in tensors)
     except RuntimeError:
         return None

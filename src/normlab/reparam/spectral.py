@@ -61,7 +61,13 @@ from normlab.reparam._power import (
     sigma_of,
     tie_weight,
 )
-from normlab.reparam._wrap import Reparametrization, _set, check_can_register, register
+from normlab.reparam._wrap import (
+    Reparametrization,
+    _set,
+    check_can_register,
+    register,
+    tensor_state,
+)
 
 #: Power-iteration steps run at registration (PyTorch's parametrization uses 15 too).
 WARMUP_ITERATIONS = 15
@@ -125,23 +131,51 @@ class SpectralNorm(Reparametrization):
         """``n`` steps on every reshape (buffers updated in place); returns the sigmas."""
         w3 = as3d(self.raw_weight.detach())
         vectors = self._vectors()
+        kept = self._kept_products(vectors)
         sigmas = []
         for i, row_dim in enumerate(self._row_dims):
             u, v = vectors[2 * i], vectors[2 * i + 1]
-            for _ in range(n):
-                sigma = power_step_(w3, row_dim, u, v, self.eps)
+            for step in range(n):
+                mt_u = kept[i] if step == 0 and kept is not None else None
+                sigma = power_step_(w3, row_dim, u, v, self.eps, mt_u)
             sigmas.append(sigma)
         return tuple(sigmas)
 
     @torch.no_grad()
     def current_sigmas(self) -> tuple[Tensor, ...]:
-        """``u_i^T M_i v_i`` for each reshape, from the current vectors (no step)."""
+        """``u_i^T M_i v_i`` for each reshape, from the current vectors (no step).
+
+        The products ``M_i^T u_i`` are kept (keyed on the weight's and the vectors' state):
+        the next power step on the same weight starts from them, so G's step through a
+        frozen D in eval costs D's next step no extra pass over the weight.
+        """
         w3 = as3d(self.raw_weight.detach())
         vectors = self._vectors()
-        return tuple(
+        pairs = [
             sigma_of(w3, row_dim, vectors[2 * i], vectors[2 * i + 1])
             for i, row_dim in enumerate(self._row_dims)
+        ]
+        key = tensor_state((self.raw_weight, *vectors), requires_grad=False)
+        if key is not None:
+            _set(self, _mt_u_kept=(key, [mt_u for _, mt_u in pairs]))
+        return tuple(sigma for sigma, _ in pairs)
+
+    def _kept_products(self, vectors: list[Tensor]) -> list[Tensor] | None:
+        """The ``M_i^T u_i`` kept by ``current_sigmas``, if weight and vectors are unchanged."""
+        kept = self.__dict__.get("_mt_u_kept")
+        if kept is None:
+            return None
+        _set(self, _mt_u_kept=None)  # used once: the step changes the vectors
+        return (
+            kept[1]
+            if kept[0] == tensor_state((self.raw_weight, *vectors), requires_grad=False)
+            else None
         )
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state.pop("_mt_u_kept", None)
+        return state
 
     def _sigma(self) -> Tensor:
         """This forward's sigma (after its step in training), the mean over the reshapes."""
@@ -236,7 +270,8 @@ class ExactSpectralNorm(Reparametrization):
         args = conv_args(layer)
         v = self.v
         u = sigma = None
-        for _ in range(n):
+        kept = self._kept_image()
+        for step in range(n):
             if args is None:
                 with torch.enable_grad():
                     x = v.detach().requires_grad_(True)
@@ -244,7 +279,7 @@ class ExactSpectralNorm(Reparametrization):
                     (back,) = torch.autograd.grad(y, x, y.detach())
                 v = back / back.norm().clamp_min(self.eps)
                 continue
-            y = fn(v)
+            y = kept if step == 0 and kept is not None else fn(v)
             u = y / y.norm().clamp_min(self.eps)
             back = conv_adjoint(args, u, v, weight)
             sigma = back.norm()  # = u^T A v_new with v_new = back / ||back||
@@ -269,9 +304,28 @@ class ExactSpectralNorm(Reparametrization):
         if stepped is not None:
             u, sigma = stepped
         else:
-            u, sigma = None, linear_map(layer, weight)(v.to(weight.dtype)).norm()
+            image = linear_map(layer, weight)(v.to(weight.dtype))
+            if not image.requires_grad:  # G's step through a frozen D: D's next step reuses it
+                _set(self, _image_kept=(self._state(), image))
+            u, sigma = None, image.norm()
         _set(self, last_sigmas=(sigma.detach(),))
         return sigma, u, v
+
+    def _state(self) -> tuple | None:
+        return tensor_state((self.raw_weight, self.v), requires_grad=False)
+
+    def _kept_image(self) -> Tensor | None:
+        """``A_W v`` kept by an eval forward, if the weight and ``v`` are unchanged since."""
+        kept = self.__dict__.get("_image_kept")
+        if kept is None:
+            return None
+        _set(self, _image_kept=None)
+        return kept[1] if kept[0] is not None and kept[0] == self._state() else None
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state.pop("_image_kept", None)
+        return state
 
     def forward(self, layer: nn.Module) -> Tensor:
         sigma, u, v = self._estimate(layer)
