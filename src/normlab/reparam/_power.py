@@ -27,8 +27,10 @@ as a constant, so such third-order uses miss the terms through ``sigma``.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 
 def as3d(weight: Tensor) -> Tensor:
@@ -147,15 +149,17 @@ class _Normalize(torch.autograd.Function):
     """``scale * W / sigma`` with the closed-form backward described in the module doc."""
 
     @staticmethod
-    def forward(ctx, weight, sigma, scale, row_dims, vectors):
+    def forward(ctx, weight, sigma, scale, row_dims, vectors, owner):
         coef = scale / sigma
         ctx.save_for_backward(weight, sigma, *vectors)
         ctx.scale = scale
         ctx.row_dims = row_dims
+        ctx.owner = owner
         return weight * coef
 
     @staticmethod
     def backward(ctx, grad_out):
+        _backward_done(ctx.owner)
         weight, sigma, *vectors = ctx.saved_tensors
         grad_out = grad_out.contiguous()
         inner = torch.dot(grad_out.reshape(-1), weight.reshape(-1))
@@ -170,26 +174,40 @@ class _Normalize(torch.autograd.Function):
             grad = scaled_plus_outer(grad_out, row_dim, u, v, coef, alpha)
             for (u, v), row_dim in zip(pairs[1:], ctx.row_dims[1:]):
                 add_outer_(as3d(grad), row_dim, u, v, alpha=alpha)
-            return grad, None, None, None, None
+            return grad, None, None, None, None, None
         # On GPUs the scalars stay on the device (no sync); under create_graph they are recorded.
         coef = ctx.scale / sigma
         alpha = -(coef * inner / sigma) / n
         grad = grad_out * coef
         for (u, v), row_dim in zip(pairs, ctx.row_dims):
             add_outer_(as3d(grad), row_dim, u * alpha, v)
-        return grad, None, None, None, None
+        return grad, None, None, None, None, None
+
+
+def _backward_done(owner: weakref.ref | None) -> None:
+    """Tell the reparameterization that a backward went through its computed weight."""
+    module = None if owner is None else owner()
+    if module is not None:
+        module._invalidate()
 
 
 def normalize_weight(
-    weight: Tensor, sigma: Tensor, scale: float, row_dims: tuple[int, ...], vectors: list[Tensor]
+    weight: Tensor,
+    sigma: Tensor,
+    scale: float,
+    row_dims: tuple[int, ...],
+    vectors: list[Tensor],
+    owner: nn.Module | None = None,
 ) -> Tensor:
     """``scale * weight / sigma``; ``vectors = [u0, v0, u1, v1, ...]``, one pair per reshape.
 
     ``sigma`` must be the mean of ``u_i^T M_i v_i`` (detached); the vectors are cloned
     here, since the buffers they come from change in place at the next forward.
+    ``owner``'s ``_invalidate()`` is called when a backward goes through the result.
     """
     vectors = [t.clone() for t in vectors]
-    return _Normalize.apply(weight, sigma.detach(), scale, row_dims, vectors)
+    ref = None if owner is None else weakref.ref(owner)
+    return _Normalize.apply(weight, sigma.detach(), scale, row_dims, vectors, ref)
 
 
 class _Tie(torch.autograd.Function):
@@ -203,13 +221,15 @@ class _Tie(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, weight, sigma, row_dims, vectors):
+    def forward(ctx, weight, sigma, row_dims, vectors, owner):
         ctx.save_for_backward(weight, sigma, *vectors)
         ctx.row_dims = row_dims
+        ctx.owner = owner
         return weight.view_as(weight)
 
     @staticmethod
     def backward(ctx, grad_out):
+        _backward_done(ctx.owner)
         weight, sigma, *vectors = ctx.saved_tensors
         # The incoming gradient is autograd's own buffer (the layer's weight gradient; the
         # only hooks on ``tied`` read it and copy), so the rank-one terms go in in place:
@@ -231,12 +251,17 @@ class _Tie(torch.autograd.Function):
         else:
             for row_dim, (u, v) in terms.items():
                 add_outer_(grad3, row_dim, u, v, alpha=alpha)
-        return grad, None, None, None
+        return grad, None, None, None, None
 
 
 def tie_weight(
-    weight: Tensor, sigma: Tensor, row_dims: tuple[int, ...], vectors: list[Tensor]
+    weight: Tensor,
+    sigma: Tensor,
+    row_dims: tuple[int, ...],
+    vectors: list[Tensor],
+    owner: nn.Module | None = None,
 ) -> Tensor:
     """``weight`` for ``map(x, weight) * scale / sigma``; arguments as ``normalize_weight``."""
     vectors = [t.clone() for t in vectors]
-    return _Tie.apply(weight, sigma.detach(), row_dims, vectors)
+    ref = None if owner is None else weakref.ref(owner)
+    return _Tie.apply(weight, sigma.detach(), row_dims, vectors, ref)

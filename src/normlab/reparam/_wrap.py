@@ -73,6 +73,11 @@ class Reparametrization(nn.Module):
     #: In the "auto" output-scaling mode the output is scaled where this many times its size
     #: is below the weight's: the cost of the output's passes relative to the weight's.
     output_cost: float = 1.0
+    #: Whether each computed weight needs a Python hook that drops the cache when a backward
+    #: goes through it (its graph's saved tensors are then freed). False where the weight's
+    #: own backward calls ``_invalidate`` (the SN family), or where its graph saves no
+    #: tensors, so that a cached weight can go through any number of backwards (eqlr).
+    needs_invalidate_hook: bool = True
     # The cached ``factored_weight`` result and its key (class defaults: older pickles).
     _factors: tuple[Tensor, Tensor] | None = None
     _factors_key: tuple | None = None
@@ -163,7 +168,8 @@ class Reparametrization(nn.Module):
         finally:
             _set(self, _reuse_step=False)
         if weight.requires_grad:
-            weight.register_hook(self._invalidate)
+            if self.needs_invalidate_hook:
+                weight.register_hook(self._invalidate)
             for fn in self._weight_grad_hooks.values():
                 weight.register_hook(fn)
         if key is not None:
@@ -187,7 +193,8 @@ class Reparametrization(nn.Module):
         finally:
             _set(self, _reuse_step=False)
         if tied.requires_grad:
-            tied.register_hook(self._invalidate)
+            if self.needs_invalidate_hook:
+                tied.register_hook(self._invalidate)
             for fn in self._weight_grad_hooks.values():
                 tied.register_hook(_per_effective_weight(fn, coef.detach()))
         if key is not None:
@@ -251,11 +258,20 @@ def set_output_scaling(mode: str) -> None:
 def _scales_output(layer: nn.Module, reparam: Reparametrization, x: Tensor) -> bool:
     if not reparam.factorable or _OUTPUT_SCALING == "never" or torch.compiler.is_compiling():
         return False
+    # The decision depends only on shapes and the mode: kept per layer for the last input
+    # shape (a training loop calls each layer with a few shapes only).
+    key = (x.shape, _OUTPUT_SCALING, reparam.raw_weight.shape)
+    kept = layer.__dict__.get("_normlab_scales_output")
+    if kept is not None and kept[0] == key:
+        return kept[1]
     if layer._normlab_base.forward not in STOCK_FORWARDS:
-        return False
-    if _OUTPUT_SCALING == "always":
-        return True
-    return output_numel(layer, x) * reparam.output_cost < reparam.raw_weight.numel()
+        decision = False
+    elif _OUTPUT_SCALING == "always":
+        decision = True
+    else:
+        decision = output_numel(layer, x) * reparam.output_cost < reparam.raw_weight.numel()
+    layer.__dict__["_normlab_scales_output"] = (key, decision)
+    return decision
 
 
 def set_weight_cache(enabled: bool) -> None:
@@ -447,6 +463,7 @@ def unregister(module: nn.Module) -> nn.Module:
         new_bias = module._parameters.pop("bias", _MISSING)
     module.__class__ = module._normlab_base
     del module._modules[REPARAM_ATTR]
+    module.__dict__.pop("_normlab_scales_output", None)
     # Rebuild the parameters in PyTorch's order: weight, then bias.
     module._parameters["weight"] = nn.Parameter(weight, requires_grad=requires_grad)
     if new_bias is not _MISSING:

@@ -194,9 +194,12 @@ class SpectralNorm(Reparametrization):
         sigma = self._sigma()
         if not self._needs_grad():  # (a frozen D in G's step): no graph to build
             return self.raw_weight * (self.scale / sigma)
-        return normalize_weight(self.raw_weight, sigma, self.scale, self._row_dims, self._vectors())
+        return normalize_weight(
+            self.raw_weight, sigma, self.scale, self._row_dims, self._vectors(), owner=self
+        )
 
     factorable = True
+    needs_invalidate_hook = False  # the backwards of ``normalize_weight``/``tie_weight`` do it
 
     def factors(self, layer: nn.Module) -> tuple[Tensor, Tensor]:
         """``(W, scale / sigma)``: the same step and sigma as ``forward``, without the copy."""
@@ -204,7 +207,8 @@ class SpectralNorm(Reparametrization):
         coef = (self.scale / sigma).detach()
         if not self._needs_grad():
             return self.raw_weight, coef
-        return tie_weight(self.raw_weight, sigma, self._row_dims, self._vectors()), coef
+        tied = tie_weight(self.raw_weight, sigma, self._row_dims, self._vectors(), owner=self)
+        return tied, coef
 
     def effective_bias(self) -> Tensor | None:  # pragma: no cover - owns_bias is False
         return None
