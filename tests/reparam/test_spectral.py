@@ -586,7 +586,8 @@ def test_an_eval_pass_before_a_step_leaves_the_step_unchanged(
     method, changed_after_eval, monkeypatch
 ):
     """G's step runs D frozen in eval; D's next power step starts from that pass's product
-    (``M^T u``, or ``A v`` for exact SN) when the weight is unchanged, and recomputes it
+    (``M^T u`` of the reshapes with rows along dim 1: BSN's transposed one, and SN's on a
+    transposed conv; ``A v`` for exact SN) when the weight is unchanged, and recomputes it
     when the weight changed since. Either way the step must equal one without the eval
     pass."""
     from normlab.reparam import spectral

@@ -145,9 +145,11 @@ class SpectralNorm(Reparametrization):
     def current_sigmas(self) -> tuple[Tensor, ...]:
         """``u_i^T M_i v_i`` for each reshape, from the current vectors (no step).
 
-        The products ``M_i^T u_i`` are kept (keyed on the weight's and the vectors' state):
-        the next power step on the same weight starts from them, so G's step through a
-        frozen D in eval costs D's next step no extra pass over the weight.
+        The products ``M_i^T u_i`` that ``sigma_of`` computes (reshapes with rows along
+        dim 1: BSN's transposed one, SN's on transposed convs) are kept, keyed on the
+        weight's and the vectors' state: the next power step on the same weight starts
+        from them, so G's step through a frozen D in eval costs D's next step one pass
+        over the weight less.
         """
         w3 = as3d(self.raw_weight.detach())
         vectors = self._vectors()
@@ -156,7 +158,7 @@ class SpectralNorm(Reparametrization):
             for i, row_dim in enumerate(self._row_dims)
         ]
         key = tensor_state((self.raw_weight, *vectors), requires_grad=False)
-        if key is not None:
+        if key is not None and any(mt_u is not None for _, mt_u in pairs):
             _set(self, _mt_u_kept=(key, [mt_u for _, mt_u in pairs]))
         return tuple(sigma for sigma, _ in pairs)
 
