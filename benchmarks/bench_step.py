@@ -21,6 +21,11 @@ point the step's own allocations reach, from PyTorch's profiler (the allocator's
 records, not the process's resident size, which the allocator's caching blurs).
 
     python benchmarks/bench_step.py [--batch 64 16] [--steps 30] [--threads 2] [--full] [--memory]
+                                    [--parts]
+
+With ``--parts`` it also prints, per part of the step (G's no-grad pass that makes the fake
+batch, the D update, the G update), the median over rounds of the method's ms minus its
+twin's: which update a method's cost comes from.
 
 Targets (issues 2 and 6): every method's D step at most 1.05x / 1.10x the unnormalized
 step at batch 64 / 16 (exact SN at most 1.15x), at most 1.02x on the full GAN iteration,
@@ -30,6 +35,7 @@ peak memory at most 1.05x.
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import statistics
 import time
@@ -100,6 +106,10 @@ def bake_into(src: nn.Module, dst: nn.Module) -> nn.Module:
     return dst
 
 
+#: The timed parts of a full GAN iteration (a D step alone is one part, the D update).
+PARTS = ("G's no-grad pass (fake batch)", "D update", "G update through frozen D")
+
+
 class Stepper:
     """One method's networks, optimizers and batch; ``step()`` runs one training step."""
 
@@ -133,17 +143,21 @@ class Stepper:
         return Stepper("none", self.batch, self.resolution, self.g is not None, twin_of=self)
 
     def step(self) -> None:
+        """One step; ``self.parts`` then holds the seconds of its parts (see ``PARTS``)."""
         d, opt_d = self.d, self.opt_d
         gen = torch.Generator().manual_seed(self.seed)
         self.seed += 1
+        marks = [time.perf_counter()]
         if self.g is None:
             fake = self.fake
         else:
             with torch.no_grad():
                 fake = self.g(torch.randn(self.batch, 128, generator=gen))
+            marks.append(time.perf_counter())
         opt_d.zero_grad(set_to_none=True)
         (F.relu(1 - d(self.real)).mean() + F.relu(1 + d(fake)).mean()).backward()
         opt_d.step()
+        marks.append(time.perf_counter())
         if self.g is not None:  # the G update through a frozen D in eval mode, as the trainer
             self.opt_g.zero_grad(set_to_none=True)
             d.eval()
@@ -152,6 +166,8 @@ class Stepper:
             d.requires_grad_(True)
             d.train()
             self.opt_g.step()
+            marks.append(time.perf_counter())
+        self.parts = [b - a for a, b in itertools.pairwise(marks)]
 
     def persistent_bytes(self) -> int:
         """Bytes of parameters, gradients, buffers and optimizer state (distinct storages)."""
@@ -206,19 +222,21 @@ def median_ci(values: list[float], confidence: float = 0.95) -> tuple[float, flo
 
 def measure(
     methods: list[str], batch: int, steps: int, warmup: int, resolution: int, full: bool = False
-) -> tuple[dict, dict, dict, dict]:
+) -> tuple[dict, dict, dict, dict, dict]:
     """Each method interleaved with its baked twin, one step of each per round.
 
     Returns ``(method -> median seconds, method -> its twin's median seconds,
     method -> median over rounds of the method's time / the twin's, method -> that
-    median's 95% confidence interval)``.
+    median's 95% confidence interval, method -> per part of the step (``PARTS``) the
+    median over rounds of the method's seconds minus the twin's)``.
     """
-    med, base, ratio, interval = {}, {}, {}, {}
+    med, base, ratio, interval, extra = {}, {}, {}, {}, {}
     for m in methods:
         torch.manual_seed(0)
         first = Stepper(m, batch, resolution, full)
         pair = {m: first, "twin": first.twin()}
         times: dict[str, list[float]] = {k: [] for k in pair}
+        parts: dict[str, list[list[float]]] = {k: [] for k in pair}
         for _ in range(warmup):
             for st in pair.values():
                 st.step()
@@ -228,12 +246,17 @@ def measure(
                 t0 = time.perf_counter()
                 pair[k].step()
                 times[k].append(time.perf_counter() - t0)
+                parts[k].append(pair[k].parts)
         med[m] = statistics.median(times[m])
         base[m] = statistics.median(times["twin"])
         ratios = [a / b for a, b in zip(times[m], times["twin"])]
         ratio[m] = statistics.median(ratios)
         interval[m] = median_ci(ratios)
-    return med, base, ratio, interval
+        extra[m] = [
+            statistics.median(a[i] - b[i] for a, b in zip(parts[m], parts["twin"]))
+            for i in range(len(parts[m][0]))
+        ]
+    return med, base, ratio, interval, extra
 
 
 def peak_memory(method: str, batch: int, resolution: int, full: bool) -> float:
@@ -255,6 +278,9 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join([*nl.METHODS, *TORCH_BASELINES]))
     parser.add_argument("--full", action="store_true", help="time the whole GAN iteration")
     parser.add_argument("--memory", action="store_true", help="also report peak memory")
+    parser.add_argument(
+        "--parts", action="store_true", help="also report each part's ms over the twin (--full)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     methods = args.methods.split(",")
@@ -265,7 +291,7 @@ def main() -> None:
         methods = [m for m in methods if m not in TORCH_BASELINES]
     what = "GAN iteration (D + G update)" if args.full else "D step"
     for batch in args.batch:
-        med, base, ratio, interval = measure(
+        med, base, ratio, interval, extra = measure(
             methods, batch, args.steps, args.warmup, args.resolution, args.full
         )
         mem = (
@@ -291,6 +317,12 @@ def main() -> None:
                 f"{m:10s} {med[m] * 1e3:8.1f} {base[m] * 1e3:8.1f} {ratio[m]:7.3f} "
                 f"{interval[m][0]:6.3f}-{interval[m][1]:6.3f} {rel_sn:>11s} {mem_cols}"
             )
+        if args.parts:
+            names = PARTS if args.full else PARTS[1:2]
+            print(f"\nbatch {batch}: median over rounds of ms over the twin, per part")
+            print(f"{'method':10s} " + " ".join(f"{n:>30s}" for n in names))
+            for m in methods:
+                print(f"{m:10s} " + " ".join(f"{x * 1e3:+30.2f}" for x in extra[m]))
 
 
 if __name__ == "__main__":

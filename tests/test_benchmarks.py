@@ -29,7 +29,10 @@ def test_median_interval_is_the_narrowest_with_95_percent_coverage(n):
     "args",
     [
         ["bench_step.py", "--batch", "2", "--steps", "2", "--warmup", "0", "--methods", "bsn"],
-        ["bench_step.py", "--batch", "2", "--steps", "1", "--warmup", "0", "--full", "--memory"],
+        [
+            "bench_step.py",
+            *("--batch", "2", "--steps", "1", "--warmup", "0", "--full", "--memory", "--parts"),
+        ],
         ["bench_layers.py", "--method", "wn", "--batch", "2", "--rounds", "1", "--modes", "auto"],
     ],
     ids=["step", "full_memory", "layers"],
