@@ -75,9 +75,10 @@ class Reparametrization(nn.Module):
     output_cost: float = 1.0
     #: Whether each computed weight needs a Python hook that drops the cache when a backward
     #: goes through it (its graph's saved tensors are then freed). False where the weight's
-    #: own backward calls ``_invalidate`` (the SN family), or where its graph saves no
-    #: tensors, so that a cached weight can go through any number of backwards (eqlr).
+    #: own backward calls ``_invalidate`` (the SN family).
     needs_invalidate_hook: bool = True
+    #: Attributes that hold per-step values kept for later (see ``keep``), dropped on pickling.
+    transient_attrs: tuple[str, ...] = ()
     # The cached ``factored_weight`` result and its key (class defaults: older pickles).
     _factors: tuple[Tensor, Tensor] | None = None
     _factors_key: tuple | None = None
@@ -208,6 +209,8 @@ class Reparametrization(nn.Module):
         state["_cached_key"] = None
         state.pop("_factors", None)
         state.pop("_factors_key", None)
+        for name in self.transient_attrs:
+            state.pop(name, None)
         state["_weight_grad_hooks"] = OrderedDict()
         return state
 
@@ -222,6 +225,20 @@ def tensor_state(tensors: Iterable[Tensor], requires_grad: bool = True) -> tuple
         return tuple((t.data_ptr(), t._version, t.requires_grad) for t in tensors)
     except RuntimeError:
         return None
+
+
+def keep(module: nn.Module, attr: str, state: tuple | None, value: Any) -> None:
+    """Keep ``value`` under ``attr`` for one ``take_kept`` that sees the same ``state``
+    (a ``tensor_state``; nothing is kept where it is None)."""
+    if state is not None:
+        _set(module, **{attr: (state, value)})
+
+
+def take_kept(module: nn.Module, attr: str, state: tuple | None) -> Any:
+    """What ``keep`` left under ``attr`` if ``state`` is the same as then, else None; either
+    way it is gone afterwards (used once)."""
+    kept = module.__dict__.pop(attr, None)
+    return kept[1] if kept is not None and kept[0] == state else None
 
 
 def _set(module: nn.Module, **attrs: Any) -> None:

@@ -65,7 +65,9 @@ from normlab.reparam._wrap import (
     Reparametrization,
     _set,
     check_can_register,
+    keep,
     register,
+    take_kept,
     tensor_state,
 )
 
@@ -157,27 +159,18 @@ class SpectralNorm(Reparametrization):
             sigma_of(w3, row_dim, vectors[2 * i], vectors[2 * i + 1])
             for i, row_dim in enumerate(self._row_dims)
         ]
-        key = tensor_state((self.raw_weight, *vectors), requires_grad=False)
-        if key is not None and any(mt_u is not None for _, mt_u in pairs):
-            _set(self, _mt_u_kept=(key, [mt_u for _, mt_u in pairs]))
+        if any(mt_u is not None for _, mt_u in pairs):
+            keep(self, "_mt_u_kept", self._state(vectors), [mt_u for _, mt_u in pairs])
         return tuple(sigma for sigma, _ in pairs)
+
+    transient_attrs = ("_mt_u_kept",)
+
+    def _state(self, vectors: list[Tensor]) -> tuple | None:
+        return tensor_state((self.raw_weight, *vectors), requires_grad=False)
 
     def _kept_products(self, vectors: list[Tensor]) -> list[Tensor] | None:
         """The ``M_i^T u_i`` kept by ``current_sigmas``, if weight and vectors are unchanged."""
-        kept = self.__dict__.get("_mt_u_kept")
-        if kept is None:
-            return None
-        _set(self, _mt_u_kept=None)  # used once: the step changes the vectors
-        return (
-            kept[1]
-            if kept[0] == tensor_state((self.raw_weight, *vectors), requires_grad=False)
-            else None
-        )
-
-    def __getstate__(self) -> dict:
-        state = super().__getstate__()
-        state.pop("_mt_u_kept", None)
-        return state
+        return take_kept(self, "_mt_u_kept", self._state(vectors))
 
     def _sigma(self) -> Tensor:
         """This forward's sigma (after its step in training), the mean over the reshapes."""
@@ -312,7 +305,7 @@ class ExactSpectralNorm(Reparametrization):
         else:
             image = linear_map(layer, weight)(v.to(weight.dtype))
             if not image.requires_grad:  # G's step through a frozen D: D's next step reuses it
-                _set(self, _image_kept=(self._state(), image))
+                keep(self, "_image_kept", self._state(), image)
             u, sigma = None, image.norm()
         _set(self, last_sigmas=(sigma.detach(),))
         return sigma, u, v
@@ -322,16 +315,9 @@ class ExactSpectralNorm(Reparametrization):
 
     def _kept_image(self) -> Tensor | None:
         """``A_W v`` kept by an eval forward, if the weight and ``v`` are unchanged since."""
-        kept = self.__dict__.get("_image_kept")
-        if kept is None:
-            return None
-        _set(self, _image_kept=None)
-        return kept[1] if kept[0] is not None and kept[0] == self._state() else None
+        return take_kept(self, "_image_kept", self._state())
 
-    def __getstate__(self) -> dict:
-        state = super().__getstate__()
-        state.pop("_image_kept", None)
-        return state
+    transient_attrs = ("_image_kept",)
 
     def forward(self, layer: nn.Module) -> Tensor:
         sigma, u, v = self._estimate(layer)

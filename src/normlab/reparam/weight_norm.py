@@ -195,10 +195,7 @@ class WeightNorm(Reparametrization):
             _set(self, _norm_cache=(key, norm))
         return norm
 
-    def __getstate__(self) -> dict:
-        state = super().__getstate__()
-        state.pop("_norm_cache", None)
-        return state
+    transient_attrs = ("_norm_cache",)
 
     def effective_bias(self) -> Tensor | None:  # pragma: no cover - owns_bias is False
         return None
