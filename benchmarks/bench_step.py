@@ -21,11 +21,12 @@ point the step's own allocations reach, from PyTorch's profiler (the allocator's
 records, not the process's resident size, which the allocator's caching blurs).
 
     python benchmarks/bench_step.py [--batch 64 16] [--steps 30] [--threads 2] [--full] [--memory]
-                                    [--parts]
+                                    [--parts] [--ops]
 
 With ``--parts`` it also prints, per part of the step (G's no-grad pass that makes the fake
 batch, the D update, the G update), the median over rounds of the method's ms minus its
-twin's: which update a method's cost comes from.
+twin's: which update a method's cost comes from. With ``--ops`` it counts the operators one
+step runs (``torch.profiler``) against the twin's step, with the kinds the method adds most.
 
 Targets (issues 2 and 6): every method's D step at most 1.05x / 1.10x the unnormalized
 step at batch 64 / 16 (exact SN at most 1.15x), at most 1.02x on the full GAN iteration,
@@ -39,6 +40,7 @@ import itertools
 import math
 import statistics
 import time
+from collections import Counter
 from collections.abc import Callable
 
 import torch
@@ -207,6 +209,26 @@ class Stepper:
         return base + peak
 
 
+def op_counts(stepper: Stepper) -> Counter:
+    """How many times each operator runs in one step (``torch.profiler``'s names)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        stepper.step()
+    return Counter({e.key: e.count for e in prof.key_averages()})
+
+
+def extra_ops(method: str, batch: int, resolution: int, full: bool) -> tuple[int, int, Counter]:
+    """``(ops of one step, ops of its twin's step, what the method adds per operator)``."""
+    torch.manual_seed(0)
+    st = Stepper(method, batch, resolution, full)
+    twin = st.twin()
+    for _ in range(2):
+        st.step()
+        twin.step()
+    mine, base = op_counts(st), op_counts(twin)
+    added = Counter({k: mine[k] - base[k] for k in mine | base if mine[k] != base[k]})
+    return sum(mine.values()), sum(base.values()), added
+
+
 def median_ci(values: list[float], confidence: float = 0.95) -> tuple[float, float]:
     """A distribution-free confidence interval of the median, ``[x_(j), x_(n-1-j)]`` (sorted,
     0-based) with ``j`` the largest index such that ``P(Binomial(n, 1/2) <= j) <= (1 - c) / 2``."""
@@ -281,6 +303,9 @@ def main() -> None:
     parser.add_argument(
         "--parts", action="store_true", help="also report each part's ms over the twin (--full)"
     )
+    parser.add_argument(
+        "--ops", action="store_true", help="also count the operators a step runs, against the twin"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     methods = args.methods.split(",")
@@ -317,6 +342,12 @@ def main() -> None:
                 f"{m:10s} {med[m] * 1e3:8.1f} {base[m] * 1e3:8.1f} {ratio[m]:7.3f} "
                 f"{interval[m][0]:6.3f}-{interval[m][1]:6.3f} {rel_sn:>11s} {mem_cols}"
             )
+        if args.ops:
+            print(f"\nbatch {batch}: operators run by one step (torch.profiler), against the twin")
+            for m in methods:
+                mine, base, added = extra_ops(m, batch, args.resolution, args.full)
+                top = ", ".join(f"{k} {n:+d}" for k, n in added.most_common(5))
+                print(f"{m:10s} {mine:6d} against {base:6d} ({mine - base:+d}): {top}")
         if args.parts:
             names = PARTS if args.full else PARTS[1:2]
             print(f"\nbatch {batch}: median over rounds of ms over the twin, per part")

@@ -28,7 +28,10 @@ def test_median_interval_is_the_narrowest_with_95_percent_coverage(n):
 @pytest.mark.parametrize(
     "args",
     [
-        ["bench_step.py", "--batch", "2", "--steps", "2", "--warmup", "0", "--methods", "bsn"],
+        [
+            "bench_step.py",
+            *("--batch", "2", "--steps", "2", "--warmup", "0", "--methods", "bsn", "--ops"),
+        ],
         [
             "bench_step.py",
             *("--batch", "2", "--steps", "1", "--warmup", "0", "--full", "--memory", "--parts"),
