@@ -211,9 +211,16 @@ def normalize_weight(
     here, since the buffers they come from change in place at the next forward.
     ``owner``'s ``_invalidate()`` is called when a backward goes through the result.
     """
-    vectors = [t.clone() for t in vectors]
-    ref = None if owner is None else weakref.ref(owner)
+    vectors, ref = _for_backward(vectors, owner)
     return _Normalize.apply(weight, sigma.detach(), scale, row_dims, vectors, ref)
+
+
+def _for_backward(
+    vectors: list[Tensor], owner: nn.Module | None
+) -> tuple[list[Tensor], weakref.ref | None]:
+    """Copies of the power vectors (their buffers change in place at the next forward) and a
+    weak reference to ``owner`` (no cycle through the graph), as the backwards need them."""
+    return [t.clone() for t in vectors], None if owner is None else weakref.ref(owner)
 
 
 class _Tie(torch.autograd.Function):
@@ -268,6 +275,5 @@ def tie_weight(
     owner: nn.Module | None = None,
 ) -> Tensor:
     """``weight`` for ``map(x, weight) * scale / sigma``; arguments as ``normalize_weight``."""
-    vectors = [t.clone() for t in vectors]
-    ref = None if owner is None else weakref.ref(owner)
+    vectors, ref = _for_backward(vectors, owner)
     return _Tie.apply(weight, sigma.detach(), row_dims, vectors, ref)

@@ -234,11 +234,12 @@ def keep(module: nn.Module, attr: str, state: tuple | None, value: Any) -> None:
         _set(module, **{attr: (state, value)})
 
 
-def take_kept(module: nn.Module, attr: str, state: tuple | None) -> Any:
-    """What ``keep`` left under ``attr`` if ``state`` is the same as then, else None; either
-    way it is gone afterwards (used once)."""
+def take_kept(module: nn.Module, attr: str, state: Callable[[], tuple | None]) -> Any:
+    """What ``keep`` left under ``attr`` if ``state()`` is the same as then, else None; either
+    way it is gone afterwards (used once). ``state`` is only called when something was kept
+    (the training step's hot path, where mostly nothing is)."""
     kept = module.__dict__.pop(attr, None)
-    return kept[1] if kept is not None and kept[0] == state else None
+    return kept[1] if kept is not None and kept[0] == state() else None
 
 
 def _set(module: nn.Module, **attrs: Any) -> None:

@@ -170,7 +170,7 @@ class SpectralNorm(Reparametrization):
 
     def _kept_products(self, vectors: list[Tensor]) -> list[Tensor] | None:
         """The ``M_i^T u_i`` kept by ``current_sigmas``, if weight and vectors are unchanged."""
-        return take_kept(self, "_mt_u_kept", self._state(vectors))
+        return take_kept(self, "_mt_u_kept", lambda: self._state(vectors))
 
     def _sigma(self) -> Tensor:
         """This forward's sigma (after its step in training), the mean over the reshapes."""
@@ -315,7 +315,7 @@ class ExactSpectralNorm(Reparametrization):
 
     def _kept_image(self) -> Tensor | None:
         """``A_W v`` kept by an eval forward, if the weight and ``v`` are unchanged since."""
-        return take_kept(self, "_image_kept", self._state())
+        return take_kept(self, "_image_kept", self._state)
 
     transient_attrs = ("_image_kept",)
 
