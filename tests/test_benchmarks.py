@@ -10,7 +10,11 @@ from scipy.stats import binom
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
-from bench_step import median_ci  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from bench_floor import LayerArithmetic  # noqa: E402
+from bench_step import Stepper, median_ci, op_counts  # noqa: E402
 
 
 @pytest.mark.parametrize("n", [5, 12, 30, 40, 101])
@@ -37,8 +41,9 @@ def test_median_interval_is_the_narrowest_with_95_percent_coverage(n):
             *("--batch", "2", "--steps", "1", "--warmup", "0", "--full", "--memory", "--parts"),
         ],
         ["bench_layers.py", "--method", "wn", "--batch", "2", "--rounds", "1", "--modes", "auto"],
+        ["bench_floor.py", "--batch", "2", "--steps", "1", "--warmup", "0"],
     ],
-    ids=["step", "full_memory", "layers"],
+    ids=["step", "full_memory", "layers", "floor"],
 )
 def test_benchmark_scripts_run(args):
     args = [*args]
@@ -51,4 +56,47 @@ def test_benchmark_scripts_run(args):
         timeout=300,
     )
     assert out.returncode == 0, out.stderr
-    assert "total" in out.stdout or "x twin" in out.stdout
+    assert "total" in out.stdout or "x twin" in out.stdout or "<=1.02" in out.stdout
+
+
+def _probe_and_plain(method: str, full: bool) -> tuple[Stepper, Stepper, int]:
+    """A plain Stepper, its twin with ``method``'s products hooked in, and the layer count."""
+    torch.manual_seed(0)
+    plain = Stepper("none", 2, 32, full)
+    probe = plain.twin()
+    layers = [m for m in probe.d.modules() if isinstance(m, nn.Linear | nn.Conv2d)]
+    for layer in layers:
+        LayerArithmetic(layer, method)
+    for st in (plain, probe):
+        st.step()  # the first step also creates Adam's state
+    return probe, plain, len(layers)
+
+
+def _added(probe: Stepper, plain: Stepper, op: str) -> int:
+    return op_counts(probe)[op] - op_counts(plain)[op]
+
+
+def test_floor_runs_sn_products_once_per_step_and_leaves_training_unchanged():
+    """D is called twice (real, fake) before one backward: the power step's two products run
+    once per layer, the backward's dot once; with G's update, sigma's product once more.
+    The rank-one terms are tiny: the probe trains as its plain twin does."""
+    probe, plain, n = _probe_and_plain("sn", full=False)
+    assert _added(probe, plain, "aten::mv") == 2 * n
+    assert _added(probe, plain, "aten::dot") == n
+    probe, plain, n = _probe_and_plain("sn", full=True)
+    assert _added(probe, plain, "aten::mv") == 3 * n
+    for net in ("d", "g"):
+        for a, b in zip(getattr(probe, net).parameters(), getattr(plain, net).parameters()):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_floor_exact_sn_takes_the_eval_image_as_the_steps_first_product():
+    """Exact SN's step needs ``A v`` and ``A^T u``. A D step alone runs both per conv layer;
+    in a whole iteration G's update (eval) computes ``A v`` and the next step takes it from
+    there, so the forward conv still runs once per layer, not twice. (The head is Linear.)"""
+    probe, plain, n = _probe_and_plain("sn_exact", full=False)
+    assert _added(probe, plain, "aten::conv2d") == n - 1
+    assert _added(probe, plain, "aten::convolution_backward") == n - 1
+    probe, plain, n = _probe_and_plain("sn_exact", full=True)
+    assert _added(probe, plain, "aten::conv2d") == n - 1
+    assert _added(probe, plain, "aten::convolution_backward") == n - 1
