@@ -30,12 +30,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 from torch import Tensor, nn
 
-from bench_step import Stepper, median_ci
+from bench_step import Stepper, interleaved, median_ci
 from normlab.reparam._layers import conv_adjoint, conv_args, linear_map, sub_conv_weight_grad_
 from normlab.reparam._power import add_both_outers_, add_outer_, as3d, mat_t_vec, mat_vec
 
@@ -58,7 +57,6 @@ class LayerArithmetic:
     """One layer's products for one method, run by hooks on the plain layer."""
 
     def __init__(self, layer: nn.Module, method: str) -> None:
-        self.layer = layer
         if method == "sn_exact" and not isinstance(layer, nn.Conv2d):
             method = "sn"  # exact SN of a Linear layer is SN
         self.method = method
@@ -67,12 +65,11 @@ class LayerArithmetic:
         self.u1, self.v1 = _unit(d1), _unit(d0 * r)
         self.args = conv_args(layer)
         self.x: Tensor | None = None  # exact SN's vector, shaped like one input
+        self.y: Tensor | None = None  # and its image A x
         self.stepped = False  # a training forward took this step's products already
         self.kept = False  # an eval forward left the step's first product
-        self.handles = [
-            layer.register_forward_pre_hook(self.forward_products),
-            layer.weight.register_post_accumulate_grad_hook(self.backward_products),
-        ]
+        layer.register_forward_pre_hook(self.forward_products)
+        layer.weight.register_post_accumulate_grad_hook(self.backward_products)
 
     @torch.no_grad()
     def forward_products(self, layer: nn.Module, args: tuple) -> None:
@@ -131,19 +128,8 @@ def floor_ratio(method: str, batch: int, steps: int, warmup: int, full: bool) ->
     for layer in probe.d.modules():
         if isinstance(layer, nn.Linear | nn.Conv2d):
             LayerArithmetic(layer, method)
-    pair = (probe, plain)
-    for _ in range(warmup):
-        for st in pair:
-            st.step()
-    ratios = []
-    for i in range(steps):
-        times = {}
-        for st in pair if i % 2 == 0 else pair[::-1]:
-            t0 = time.perf_counter()
-            st.step()
-            times[id(st)] = time.perf_counter() - t0
-        ratios.append(times[id(probe)] / times[id(plain)])
-    return ratios
+    times, _ = interleaved({"probe": probe, "plain": plain}, steps, warmup)
+    return [a / b for a, b in zip(times["probe"], times["plain"])]
 
 
 def main() -> None:
@@ -154,19 +140,21 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--methods", default=",".join(FLOOR_METHODS))
     args = parser.parse_args()
+    methods = args.methods.split(",")
+    for method in methods:
+        if method not in FLOOR_METHODS:
+            parser.error(f"--methods: {method!r} is not one of {FLOOR_METHODS}")
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads, {args.steps} interleaved steps")
     print("floor = plain networks + the method's products only, x the plain networks")
     for batch in args.batch:
         print(f"\nbatch {batch}: median of per-round ratios (95% CI), and the target")
         print(f"{'method':10s} {'D step':>22s} {'GAN iteration':>24s}")
-        for method in args.methods.split(","):
-            if method not in FLOOR_METHODS:
-                parser.error(f"--methods: {method!r} is not one of {FLOOR_METHODS}")
-            target = EXACT_D_STEP_TARGET if method == "sn_exact" else D_STEP_TARGET.get(batch)
-            target = None if method == "none" else target
+        for method in methods:
+            d_goal = EXACT_D_STEP_TARGET if method == "sn_exact" else D_STEP_TARGET.get(batch)
+            goals = (None, None) if method == "none" else (d_goal, ITERATION_TARGET)
             cells = []
-            for full, goal in ((False, target), (True, target and ITERATION_TARGET)):
+            for full, goal in zip((False, True), goals):
                 ratios = floor_ratio(method, batch, args.steps, args.warmup, full)
                 lo, hi = median_ci(ratios)
                 goal_text = f"<={goal:.2f}" if goal else ""

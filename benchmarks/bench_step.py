@@ -242,6 +242,28 @@ def median_ci(values: list[float], confidence: float = 0.95) -> tuple[float, flo
     return xs[j], xs[n - 1 - j]
 
 
+def interleaved(
+    pair: dict[str, Stepper], steps: int, warmup: int
+) -> tuple[dict[str, list[float]], dict[str, list[list[float]]]]:
+    """Steps of both steppers in turn, in alternating order, after ``warmup`` untimed rounds.
+
+    Returns ``(name -> seconds of each step, name -> seconds of each step's parts)``.
+    """
+    times: dict[str, list[float]] = {k: [] for k in pair}
+    parts: dict[str, list[list[float]]] = {k: [] for k in pair}
+    for _ in range(warmup):
+        for st in pair.values():
+            st.step()
+    for i in range(steps):
+        order = list(pair) if i % 2 == 0 else list(pair)[::-1]
+        for k in order:
+            t0 = time.perf_counter()
+            pair[k].step()
+            times[k].append(time.perf_counter() - t0)
+            parts[k].append(pair[k].parts)
+    return times, parts
+
+
 def measure(
     methods: list[str], batch: int, steps: int, warmup: int, resolution: int, full: bool = False
 ) -> tuple[dict, dict, dict, dict, dict]:
@@ -256,19 +278,7 @@ def measure(
     for m in methods:
         torch.manual_seed(0)
         first = Stepper(m, batch, resolution, full)
-        pair = {m: first, "twin": first.twin()}
-        times: dict[str, list[float]] = {k: [] for k in pair}
-        parts: dict[str, list[list[float]]] = {k: [] for k in pair}
-        for _ in range(warmup):
-            for st in pair.values():
-                st.step()
-        for i in range(steps):
-            order = list(pair) if i % 2 == 0 else list(pair)[::-1]
-            for k in order:
-                t0 = time.perf_counter()
-                pair[k].step()
-                times[k].append(time.perf_counter() - t0)
-                parts[k].append(pair[k].parts)
+        times, parts = interleaved({m: first, "twin": first.twin()}, steps, warmup)
         med[m] = statistics.median(times[m])
         base[m] = statistics.median(times["twin"])
         ratios = [a / b for a, b in zip(times[m], times["twin"])]
