@@ -109,25 +109,32 @@ class LayerArithmetic:
         if self.method == "none":
             return
         g = weight.grad
+        g3 = as3d(g)
         torch.dot(g.view(-1), weight.view(-1))
         if self.method == "sn_exact":
             sub_conv_weight_grad_(g, self.args, self.y, self.x, weight, torch.tensor(TINY))
-        elif self.method == "bsn" and 1 < as3d(g).shape[2] < 16:
-            add_both_outers_(as3d(g), self.u, self.v, self.u1, self.v1, alpha=TINY)
+        elif self.method == "bsn" and 1 < g3.shape[2] < 16:
+            add_both_outers_(g3, self.u, self.v, self.u1, self.v1, alpha=TINY)
         else:
-            add_outer_(as3d(g), 0, self.u, self.v, alpha=TINY)
+            add_outer_(g3, 0, self.u, self.v, alpha=TINY)
             if self.method == "bsn":
-                add_outer_(as3d(g), 1, self.u1, self.v1, alpha=TINY)
+                add_outer_(g3, 1, self.u1, self.v1, alpha=TINY)
 
 
-def floor_ratio(method: str, batch: int, steps: int, warmup: int, full: bool) -> list[float]:
-    """Per-round ratios: the plain networks with ``method``'s products over the same without."""
+def probe_and_plain(method: str, batch: int, full: bool) -> tuple[Stepper, Stepper]:
+    """The plain networks, and a copy of them with ``method``'s products hooked into D."""
     torch.manual_seed(0)
     plain = Stepper("none", batch, 32, full)
     probe = plain.twin()
     for layer in probe.d.modules():
         if isinstance(layer, nn.Linear | nn.Conv2d):
             LayerArithmetic(layer, method)
+    return probe, plain
+
+
+def floor_ratio(method: str, batch: int, steps: int, warmup: int, full: bool) -> list[float]:
+    """Per-round ratios: the plain networks with ``method``'s products over the same without."""
+    probe, plain = probe_and_plain(method, batch, full)
     times, _ = interleaved({"probe": probe, "plain": plain}, steps, warmup)
     return [a / b for a, b in zip(times["probe"], times["plain"])]
 

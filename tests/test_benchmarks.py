@@ -13,7 +13,7 @@ sys.path.insert(0, str(BENCH))
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from bench_floor import LayerArithmetic  # noqa: E402
+from bench_floor import probe_and_plain  # noqa: E402
 from bench_step import Stepper, median_ci, op_counts  # noqa: E402
 
 
@@ -60,15 +60,11 @@ def test_benchmark_scripts_run(args):
 
 
 def _probe_and_plain(method: str, full: bool) -> tuple[Stepper, Stepper, int]:
-    """A plain Stepper, its twin with ``method``'s products hooked in, and the layer count."""
-    torch.manual_seed(0)
-    plain = Stepper("none", 2, 32, full)
-    probe = plain.twin()
-    layers = [m for m in probe.d.modules() if isinstance(m, nn.Linear | nn.Conv2d)]
-    for layer in layers:
-        LayerArithmetic(layer, method)
+    """``bench_floor``'s hooked and plain networks after one step, and D's weighted layer count."""
+    probe, plain = probe_and_plain(method, 2, full)
     for st in (plain, probe):
         st.step()  # the first step also creates Adam's state
+    layers = [m for m in probe.d.modules() if isinstance(m, nn.Linear | nn.Conv2d)]
     return probe, plain, len(layers)
 
 
