@@ -23,7 +23,10 @@ the weight's gradient):
   ``A^T u`` (the input-gradient conv); after the backward ``<G, W>`` and the weight-gradient
   conv of ``(u, v)`` subtracted in place; in eval the image ``A v``. Linear layers: as sn.
 
-    python benchmarks/bench_floor.py [--batch 64 16] [--steps 30] [--threads 2]
+    python benchmarks/bench_floor.py [--batch 64 16] [--steps 30] [--threads 2] [--repeats 1]
+
+``--repeats K`` runs the table K times in new processes and reports the median of the runs'
+medians, with its interval across runs (see ``bench_step.py``).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import statistics
 import torch
 from torch import Tensor, nn
 
-from bench_step import Stepper, interleaved, median_ci
+from bench_step import Stepper, in_fresh_processes, interleaved, median_ci, median_ci_coverage
 from normlab.reparam._layers import conv_adjoint, conv_args, linear_map, sub_conv_weight_grad_
 from normlab.reparam._power import add_both_outers_, add_outer_, as3d, mat_t_vec, mat_vec
 
@@ -139,6 +142,15 @@ def floor_ratio(method: str, batch: int, steps: int, warmup: int, full: bool) ->
     return [a / b for a, b in zip(times["probe"], times["plain"])]
 
 
+def floor_medians(methods: list[str], batch: int, steps: int, warmup: int) -> dict:
+    """``(method, full) -> median of floor_ratio``: one run of the whole table."""
+    return {
+        (method, full): statistics.median(floor_ratio(method, batch, steps, warmup, full))
+        for method in methods
+        for full in (False, True)
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, nargs="+", default=[64, 16])
@@ -146,7 +158,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--methods", default=",".join(FLOOR_METHODS))
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="runs, each in a new process (medians across them)"
+    )
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
     methods = args.methods.split(",")
     for method in methods:
         if method not in FLOOR_METHODS:
@@ -155,14 +172,27 @@ def main() -> None:
     print(f"torch {torch.__version__}, {args.threads} threads, {args.steps} interleaved steps")
     print("floor = plain networks + the method's products only, x the plain networks")
     for batch in args.batch:
-        print(f"\nbatch {batch}: median of per-round ratios (95% CI), and the target")
+        if args.repeats == 1:
+            print(f"\nbatch {batch}: median of per-round ratios (95% CI), and the target")
+        else:
+            table = in_fresh_processes(
+                floor_medians, (methods, batch, args.steps, args.warmup), args.repeats, args.threads
+            )
+            coverage = median_ci_coverage(args.repeats)
+            print(
+                f"\nbatch {batch}: median over {args.repeats} runs of their medians of per-round "
+                f"ratios ({coverage:.0%} interval across runs), and the target"
+            )
         print(f"{'method':10s} {'D step':>22s} {'GAN iteration':>24s}")
         for method in methods:
             d_goal = EXACT_D_STEP_TARGET if method == "sn_exact" else D_STEP_TARGET.get(batch)
             goals = (None, None) if method == "none" else (d_goal, ITERATION_TARGET)
             cells = []
             for full, goal in zip((False, True), goals):
-                ratios = floor_ratio(method, batch, args.steps, args.warmup, full)
+                if args.repeats == 1:
+                    ratios = floor_ratio(method, batch, args.steps, args.warmup, full)
+                else:
+                    ratios = [run[method, full] for run in table]
                 lo, hi = median_ci(ratios)
                 goal_text = f"<={goal:.2f}" if goal else ""
                 cells.append(f"{statistics.median(ratios):.3f} [{lo:.3f},{hi:.3f}] {goal_text}")

@@ -14,7 +14,13 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from bench_floor import probe_and_plain  # noqa: E402
-from bench_step import Stepper, median_ci, op_counts  # noqa: E402
+from bench_step import (  # noqa: E402
+    Stepper,
+    combine_runs,
+    median_ci,
+    median_ci_coverage,
+    op_counts,
+)
 
 
 @pytest.mark.parametrize("n", [5, 12, 30, 40, 101])
@@ -27,6 +33,31 @@ def test_median_interval_is_the_narrowest_with_95_percent_coverage(n):
     assert hi == n - 1 - j
     covering = [i for i in range(n // 2) if 1 - 2 * binom.cdf(i, n, 0.5) >= 0.95]
     assert j == (max(covering) if covering else 0)
+
+
+@pytest.mark.parametrize("n", [2, 5, 6, 12, 40])
+def test_median_interval_coverage_is_the_binomial_probability(n):
+    """The coverage ``median_ci`` reports is ``1 - 2 P(B <= j)`` for the ``j`` it uses."""
+    j = int(median_ci([float(i) for i in range(n)])[0])
+    assert median_ci_coverage(n) == pytest.approx(1 - 2 * binom.cdf(j, n, 0.5), abs=1e-12)
+    assert (median_ci_coverage(n) >= 0.95) == (n >= 6)
+
+
+def test_runs_combine_into_medians_with_the_interval_across_runs():
+    """Six runs: every figure is the median of the six, and the ratio's interval is the
+    runs' range (the narrowest order-statistic interval with 95% coverage for six values)."""
+    ratios = [1.10, 1.04, 1.07, 1.12, 1.05, 1.09]
+    runs = [
+        ({"sn": 0.1 * (k + 1)}, {"sn": 0.1}, {"sn": r}, {"sn": (r - 0.01, r + 0.01)}, {"sn": [k]})
+        for k, r in enumerate(ratios)
+    ]
+    med, base, ratio, interval, extra = combine_runs(runs)
+    assert med["sn"] == pytest.approx(0.35)
+    assert base["sn"] == pytest.approx(0.1)
+    assert ratio["sn"] == pytest.approx((1.07 + 1.09) / 2)
+    assert interval["sn"] == (1.04, 1.12)
+    assert extra["sn"] == [2.5]
+    assert combine_runs(runs[:1]) is runs[0]
 
 
 @pytest.mark.parametrize(
@@ -42,8 +73,13 @@ def test_median_interval_is_the_narrowest_with_95_percent_coverage(n):
         ],
         ["bench_layers.py", "--method", "wn", "--batch", "2", "--rounds", "1", "--modes", "auto"],
         ["bench_floor.py", "--batch", "2", "--steps", "1", "--warmup", "0"],
+        [
+            "bench_step.py",
+            *("--batch", "2", "--steps", "1", "--warmup", "0", "--methods", "sn", "--repeats", "2"),
+        ],
+        ["bench_floor.py", "--batch", "2", "--steps", "1", "--warmup", "0", "--repeats", "2"],
     ],
-    ids=["step", "full_memory", "layers", "floor"],
+    ids=["step", "full_memory", "layers", "floor", "step_repeats", "floor_repeats"],
 )
 def test_benchmark_scripts_run(args):
     args = [*args]
