@@ -169,7 +169,10 @@ def main() -> None:
         if method not in FLOOR_METHODS:
             parser.error(f"--methods: {method!r} is not one of {FLOOR_METHODS}")
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} threads, {args.steps} interleaved steps")
+    runs = f", {args.repeats} runs in fresh processes" if args.repeats > 1 else ""
+    print(
+        f"torch {torch.__version__}, {args.threads} threads, {args.steps} interleaved steps{runs}"
+    )
     print("floor = plain networks + the method's products only, x the plain networks")
     for batch in args.batch:
         if args.repeats == 1:
