@@ -31,13 +31,21 @@ medians, with its interval across runs (see ``bench_step.py``).
 
 from __future__ import annotations
 
-import argparse
 import statistics
 
 import torch
 from torch import Tensor, nn
 
-from bench_step import Stepper, in_fresh_processes, interleaved, median_ci, median_ci_coverage
+from bench_step import (
+    Stepper,
+    in_fresh_processes,
+    interleaved,
+    median_ci,
+    median_ci_coverage,
+    parse_timing_args,
+    timing_header,
+    timing_parser,
+)
 from normlab.reparam._layers import conv_adjoint, conv_args, linear_map, sub_conv_weight_grad_
 from normlab.reparam._power import add_both_outers_, add_outer_, as3d, mat_t_vec, mat_vec
 
@@ -152,27 +160,14 @@ def floor_medians(methods: list[str], batch: int, steps: int, warmup: int) -> di
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--batch", type=int, nargs="+", default=[64, 16])
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
+    parser = timing_parser(__doc__.split("\n")[0])
     parser.add_argument("--methods", default=",".join(FLOOR_METHODS))
-    parser.add_argument(
-        "--repeats", type=int, default=1, help="runs, each in a new process (medians across them)"
-    )
-    args = parser.parse_args()
-    if args.repeats < 1:
-        parser.error(f"--repeats must be at least 1, got {args.repeats}")
+    args = parse_timing_args(parser)
     methods = args.methods.split(",")
     for method in methods:
         if method not in FLOOR_METHODS:
             parser.error(f"--methods: {method!r} is not one of {FLOOR_METHODS}")
-    torch.set_num_threads(args.threads)
-    runs = f", {args.repeats} runs in fresh processes" if args.repeats > 1 else ""
-    print(
-        f"torch {torch.__version__}, {args.threads} threads, {args.steps} interleaved steps{runs}"
-    )
+    print(timing_header(args))
     print("floor = plain networks + the method's products only, x the plain networks")
     for batch in args.batch:
         if args.repeats == 1:

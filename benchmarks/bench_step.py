@@ -363,12 +363,39 @@ def peak_memory(method: str, batch: int, resolution: int, full: bool) -> float:
     return st.peak_bytes() / 2**20
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def timing_parser(description: str) -> argparse.ArgumentParser:
+    """A parser with the options of every timing script here: batches, rounds, warm-up rounds,
+    threads and repeats (``parse_timing_args`` checks them)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--batch", type=int, nargs="+", default=[64, 16])
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="runs, each in a new process (medians across them)"
+    )
+    return parser
+
+
+def parse_timing_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """``parser``'s arguments, with ``--repeats`` checked and the thread count set."""
+    args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
+    torch.set_num_threads(args.threads)
+    return args
+
+
+def timing_header(args: argparse.Namespace) -> str:
+    """The first line a timing script prints: torch, threads, rounds and runs."""
+    runs = f", {args.repeats} runs in fresh processes" if args.repeats > 1 else ""
+    return (
+        f"torch {torch.__version__}, {args.threads} threads, {args.steps} interleaved steps{runs}"
+    )
+
+
+def main() -> None:
+    parser = timing_parser(__doc__.split("\n")[0])
     parser.add_argument("--resolution", type=int, default=32)
     parser.add_argument("--methods", default=",".join([*nl.METHODS, *TORCH_BASELINES]))
     parser.add_argument("--full", action="store_true", help="time the whole GAN iteration")
@@ -379,20 +406,11 @@ def main() -> None:
     parser.add_argument(
         "--ops", action="store_true", help="also count the operators a step runs, against the twin"
     )
-    parser.add_argument(
-        "--repeats", type=int, default=1, help="runs, each in a new process (medians across them)"
-    )
-    args = parser.parse_args()
-    if args.repeats < 1:
-        parser.error(f"--repeats must be at least 1, got {args.repeats}")
-    torch.set_num_threads(args.threads)
+    args = parse_timing_args(parser)
     methods = args.methods.split(",")
     if "none" not in methods:
         methods.insert(0, "none")
-    runs = f", {args.repeats} runs in fresh processes" if args.repeats > 1 else ""
-    print(
-        f"torch {torch.__version__}, {args.threads} threads, {args.steps} interleaved steps{runs}"
-    )
+    print(timing_header(args))
     if args.full:
         methods = [m for m in methods if m not in TORCH_BASELINES]
     what = "GAN iteration (D + G update)" if args.full else "D step"
