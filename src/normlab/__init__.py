@@ -20,8 +20,10 @@ from normlab.layers import (
 from normlab.reparam import (
     DEFAULT_SCALE,
     METHODS,
+    REGISTRY,
     SUPPORTED_LAYERS,
     apply,
+    cached,
     data_init,
     equalized_lr,
     is_reparametrized,
@@ -37,6 +39,7 @@ __version__ = "0.1.0"
 __all__ = [
     "DEFAULT_SCALE",
     "METHODS",
+    "REGISTRY",
     "SUPPORTED_LAYERS",
     "ClassNormMLP",
     "ClassStandardization",
@@ -45,6 +48,7 @@ __all__ = [
     "FixupBottleneck",
     "__version__",
     "apply",
+    "cached",
     "data_init",
     "diagnostics",
     "equalized_lr",

@@ -136,7 +136,9 @@ def test_autocast_bf16(method: str) -> None:
     with torch.no_grad():
         model(x)
     ref = copy.deepcopy(model)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    # cached: reading .weight below shares the forward's power step (a read in training mode
+    # outside it takes a step of its own, as PyTorch's parametrizations do).
+    with torch.autocast("cpu", dtype=torch.bfloat16), nl.cached():
         y = model(x)
         assert y.dtype == torch.bfloat16
         for layer in (model.conv, model.head):

@@ -8,7 +8,6 @@ from torch import nn
 from torch.nn.utils import parametrizations
 
 import normlab as nl
-from normlab.reparam import set_output_scaling
 from tests.reparam._layers import layer_cases, sample_input
 
 CASES = layer_cases()
@@ -44,8 +43,14 @@ def test_formula_against_pytorch_weight_norm():
     torch.testing.assert_close(ours.weight, expected)
     (ours(x) ** 2).sum().backward()
     (theirs(x) ** 2).sum().backward()
-    torch.testing.assert_close(ours.reparam.g.grad, theirs.parametrizations.weight.original0.grad)
-    torch.testing.assert_close(ours.reparam.v.grad, theirs.parametrizations.weight.original1.grad)
+    # Two float32 computations (the formula against PyTorch's fused kernel): their rounding.
+    tol = dict(rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(
+        ours.reparam.g.grad, theirs.parametrizations.weight.original0.grad, **tol
+    )
+    torch.testing.assert_close(
+        ours.reparam.v.grad, theirs.parametrizations.weight.original1.grad, **tol
+    )
 
 
 def _explicit_wn_layer(layer: nn.Module, v: torch.Tensor, g: torch.Tensor):
@@ -63,7 +68,6 @@ def _explicit_wn_layer(layer: nn.Module, v: torch.Tensor, g: torch.Tensor):
     return forward
 
 
-@pytest.mark.parametrize("mode", ["always", "never"])
 @pytest.mark.parametrize(
     ("make", "shape"),
     [
@@ -74,7 +78,7 @@ def _explicit_wn_layer(layer: nn.Module, v: torch.Tensor, g: torch.Tensor):
     ],
     ids=["linear", "conv", "conv_transpose", "conv_transpose_3x3"],
 )
-def test_gradient_penalty_and_partial_passes_match_the_formula(make, shape, mode):
+def test_gradient_penalty_and_partial_passes_match_the_formula(make, shape):
     """A gradient penalty (double backward) through a layer used twice, after a pass that
     asks only for ``g``'s gradient: every gradient equals autograd's through the formula."""
     torch.manual_seed(3)
@@ -91,14 +95,10 @@ def test_gradient_penalty_and_partial_passes_match_the_formula(make, shape, mode
         (grad_x,) = torch.autograd.grad((y1 * w).sum(), x1, create_graph=True)
         return (y1 * w).sum() - 0.5 * f(x2).square().sum() + 3.0 * grad_x.square().sum()
 
-    set_output_scaling(mode)
-    try:
-        total = loss(layer, x1)
-        # A pass that reaches g but not v, before the full backward (stale state must not leak).
-        torch.autograd.grad(total, g, retain_graph=True)
-        total.backward()
-    finally:
-        set_output_scaling("auto")
+    total = loss(layer, x1)
+    # A pass that reaches g but not v, before the full backward (stale state must not leak).
+    torch.autograd.grad(total, g, retain_graph=True)
+    total.backward()
     v_ref = v.detach().clone().requires_grad_(True)
     g_ref = g.detach().clone().requires_grad_(True)
     x1_ref = x1.detach().clone().requires_grad_(True)
@@ -109,24 +109,19 @@ def test_gradient_penalty_and_partial_passes_match_the_formula(make, shape, mode
     torch.testing.assert_close(x1.grad, x1_ref.grad, **tol)
 
 
-@pytest.mark.parametrize("mode", ["always", "never"])
-def test_second_derivatives_in_the_weights_match_the_formula(mode):
+def test_second_derivatives_in_the_weights_match_the_formula():
     """Differentiating the weight gradient itself (create_graph through the backward of the
     output-scaled layer): the norm's own dependence on ``v`` is kept."""
     torch.manual_seed(4)
-    layer = nl.weight_norm(nn.ConvTranspose2d(3, 5, 4, 2, 1), dim=None)
+    layer = nl.weight_norm(nn.ConvTranspose2d(3, 5, 4, 2, 1).double(), dim=None)
     v, g = layer.reparam.v, layer.reparam.g
-    x = torch.randn(2, 3, 4, 4)
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
 
     def penalty(f, v, g):
         grad_v, grad_g = torch.autograd.grad(f(x).square().sum(), (v, g), create_graph=True)
         return grad_v.square().sum() + grad_g.square().sum()
 
-    set_output_scaling(mode)
-    try:
-        penalty(layer, v, g).backward()
-    finally:
-        set_output_scaling("auto")
+    penalty(layer, v, g).backward()
     v_ref = v.detach().clone().requires_grad_(True)
     g_ref = g.detach().clone().requires_grad_(True)
     penalty(_explicit_wn_layer(layer, v_ref, g_ref), v_ref, g_ref).backward()
@@ -193,10 +188,9 @@ def test_bad_dim_is_refused_and_layer_unchanged():
     assert type(layer) is nn.Linear
 
 
-@pytest.mark.parametrize("mode", ["always", "never"])
-def test_kept_norm_follows_every_change_of_v(mode):
-    """``||v||`` is reused only while ``v`` is unchanged: an optimizer step, an in-place
-    edit or ``load_state_dict`` each give the formula's output again."""
+def test_the_output_follows_every_change_of_v():
+    """An optimizer step, an in-place edit or ``load_state_dict`` each give the formula's
+    output again."""
     torch.manual_seed(5)
     layer = nl.weight_norm(nn.ConvTranspose2d(3, 4, 4, 2, 1), dim=None)
     x = torch.randn(2, 3, 4, 4)
@@ -205,18 +199,14 @@ def test_kept_norm_follows_every_change_of_v(mode):
     def expected():
         return _explicit_wn_layer(layer, layer.reparam.v.detach(), layer.reparam.g.detach())(x)
 
-    set_output_scaling(mode)
-    try:
-        with torch.no_grad():
-            layer(x)
-        layer(x).square().sum().backward()
-        opt.step()
-        torch.testing.assert_close(layer(x), expected())
-        with torch.no_grad():
-            layer.reparam.v.add_(torch.randn_like(layer.reparam.v))
-        torch.testing.assert_close(layer(x), expected())
-        other = nl.weight_norm(nn.ConvTranspose2d(3, 4, 4, 2, 1), dim=None)
-        layer.load_state_dict(other.state_dict())
-        torch.testing.assert_close(layer(x), expected())
-    finally:
-        set_output_scaling("auto")
+    with torch.no_grad():
+        layer(x)
+    layer(x).square().sum().backward()
+    opt.step()
+    torch.testing.assert_close(layer(x), expected())
+    with torch.no_grad():
+        layer.reparam.v.add_(torch.randn_like(layer.reparam.v))
+    torch.testing.assert_close(layer(x), expected())
+    other = nl.weight_norm(nn.ConvTranspose2d(3, 4, 4, 2, 1), dim=None)
+    layer.load_state_dict(other.state_dict())
+    torch.testing.assert_close(layer(x), expected())

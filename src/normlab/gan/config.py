@@ -22,14 +22,10 @@ import yaml
 
 from normlab.data.mixtures import MIXTURES
 from normlab.gan.models import ARCHS
-from normlab.reparam import DEFAULT_SCALE, METHODS
+from normlab.reparam import D_ONLY_METHODS, DEFAULT_SCALE, METHODS, SCALED_METHODS
 
 #: The losses ``loss`` accepts.
 LOSSES = ("hinge", "ns", "wgan-gp")
-#: Methods that are applied to D only by default (the SN family); others go on D and G.
-D_ONLY_METHODS = ("sn", "ssn", "bsn", "bssn", "sn_exact")
-#: Methods that take a ``scale``.
-SCALED_METHODS = ("ssn", "bssn")
 #: The precisions ``precision`` accepts: float32, or autocast to bfloat16 / float16.
 PRECISIONS = ("fp32", "bf16", "fp16")
 

@@ -35,24 +35,48 @@ SUPPORTED_LAYERS: tuple[type[nn.Module], ...] = (
     nn.Embedding,
 )
 
+#: Layers whose weight packs several matrices along the output dim, each normalized as its
+#: own matrix: attention's Q/K/V input projection (``in_proj_weight``, shape ``(3E, E)``).
+PACKED_LAYERS: tuple[type[nn.Module], ...] = (nn.MultiheadAttention,)
+
 _CONV_TRANSPOSE = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def is_supported(module: nn.Module) -> bool:
     """Whether ``module`` is a layer kind that normlab can reparameterize."""
+    if isinstance(module, PACKED_LAYERS):
+        return module._qkv_same_embed_dim  # separate q/k/v_proj_weight: not supported
     return isinstance(module, SUPPORTED_LAYERS)
 
 
 def check_supported(module: nn.Module, name: str = "") -> None:
     """Raise ``TypeError`` naming the layer if its type is not supported."""
     if not is_supported(module):
-        allowed = ", ".join(t.__name__ for t in SUPPORTED_LAYERS)
+        allowed = ", ".join(t.__name__ for t in SUPPORTED_LAYERS + PACKED_LAYERS)
         where = f" '{name}'" if name else ""
-        raise TypeError(
-            f"layer{where} of type {type(module).__name__} is not supported; "
-            f"normlab reparameterizes {allowed} (and their subclasses)"
+        detail = (
+            " with separate q/k/v projections (kdim/vdim other than embed_dim)"
+            if isinstance(module, PACKED_LAYERS)
+            else ""
         )
+        raise TypeError(
+            f"layer{where} of type {type(module).__name__}{detail} is not supported; "
+            f"normlab reparameterizes {allowed} (and their subclasses; attention with "
+            f"its packed in_proj_weight)"
+        )
+
+
+def param_names(module: nn.Module) -> tuple[str, str]:
+    """The names of the layer's weight and bias parameters."""
+    if isinstance(module, PACKED_LAYERS):
+        return "in_proj_weight", "in_proj_bias"
+    return "weight", "bias"
+
+
+def row_blocks(module: nn.Module) -> int:
+    """How many matrices the weight stacks along its output dim (3 for attention's Q/K/V)."""
+    return 3 if isinstance(module, PACKED_LAYERS) else 1
 
 
 def output_dim(module: nn.Module) -> int:
@@ -66,6 +90,8 @@ def fan_in(module: nn.Module) -> int:
         return module.in_features
     if isinstance(module, nn.Embedding):
         return 1
+    if isinstance(module, PACKED_LAYERS):
+        return module.embed_dim
     if isinstance(module, _CONV + _CONV_TRANSPOSE):
         return module.in_channels // module.groups * math.prod(module.kernel_size)
     check_supported(module)
@@ -91,7 +117,7 @@ def linear_map(module: nn.Module, weight: Tensor) -> Callable[[Tensor], Tensor]:
     groups, so its operator norm on an input shape is the layer's true Lipschitz
     constant on that shape.
     """
-    if isinstance(module, nn.Linear):
+    if isinstance(module, nn.Linear | nn.MultiheadAttention):
         return lambda x: F.linear(x, weight)
     if isinstance(module, nn.Embedding):
         # A lookup is one-hot @ W: the map from one-hot codes is W^T.
@@ -145,80 +171,6 @@ def conv_adjoint(args: tuple, y: Tensor, x: Tensor, weight: Tensor) -> Tensor:
     return torch.ops.aten.convolution_backward(y, x, weight, None, *args, [True, False, False])[0]
 
 
-def conv_weight_grad(args: tuple, y: Tensor, x: Tensor, weight: Tensor) -> Tensor:
-    """``d <y, A_W x> / dW`` for the conv map of ``conv_args``, shaped like ``weight``."""
-    return torch.ops.aten.convolution_backward(y, x, weight, None, *args, [False, True, False])[1]
-
-
-def sub_conv_weight_grad_(
-    grad: Tensor, args: tuple, y: Tensor, x: Tensor, weight: Tensor, coef: Tensor
-) -> Tensor:
-    """``grad -= coef * d <y, A_W x> / dW`` in place (``grad`` contiguous, like ``weight``).
-
-    For a plain 2-D conv (no groups, not transposed) the weight gradient is the GEMM
-    ``Y @ unfold(x)^T``, added straight into ``grad``; elsewhere the conv's own kernel.
-    """
-    stride, padding, dilation, transposed, _, groups = args
-    if weight.dim() == 4 and not transposed and groups == 1 and x.shape[0] == 1:
-        cols = F.unfold(x, weight.shape[2:], dilation=dilation, padding=padding, stride=stride)
-        out = weight.shape[0]
-        y_mat = y.reshape(out, -1) * (-coef)
-        grad.view(out, -1).addmm_(y_mat, cols[0].t())
-        return grad
-    return grad.sub_(conv_weight_grad(args, y * coef, x, weight))
-
-
-#: The stock forwards whose result ``scaled_map`` reproduces (a subclass that overrides
-#: ``forward`` keeps its own, with the weight scaled).
-STOCK_FORWARDS = frozenset(cls.forward for cls in (nn.Linear, *_CONV, *_CONV_TRANSPOSE))
-
-
-def output_numel(module: nn.Module, x: Tensor) -> int:
-    """How many elements ``module(x)`` has, from shapes alone (convs: up to rounding).
-
-    For the layers of ``STOCK_FORWARDS`` only (an Embedding's output is never scaled).
-    """
-    if isinstance(module, nn.Linear):
-        return x.numel() // module.in_features * module.out_features
-    if isinstance(module, _CONV):
-        return x.numel() // module.in_channels * module.out_channels // math.prod(module.stride)
-    if isinstance(module, _CONV_TRANSPOSE):
-        return x.numel() // module.in_channels * module.out_channels * math.prod(module.stride)
-    raise TypeError(f"no output size rule for {type(module).__name__}")
-
-
-def scaled_map(
-    module: nn.Module, x: Tensor, weight: Tensor, coef: Tensor, bias: Tensor | None
-) -> Tensor:
-    """``module``'s output with weight ``coef * weight``, as ``coef * map(x, weight) + bias``.
-
-    ``coef`` is 0-d or holds one value per output unit (any shape with that many values).
-
-    On the CPU the scaling and the bias take one pass over the output (``coef`` read as a
-    float). A ``coef`` that requires grad is multiplied by autograd (which then keeps
-    the unscaled output for its backward); otherwise the product is done in place.
-    """
-    out = linear_map(module, weight)(x)
-    if isinstance(module, nn.Linear):
-        per_unit = (-1,)  # output units along the last dim
-    else:
-        channel_dim = 1 if x.dim() == len(module.kernel_size) + 2 else 0
-        per_unit = (-1, *([1] * (out.dim() - channel_dim - 1)))
-    if bias is not None:
-        bias = bias.view(per_unit).to(out.dtype)
-    if coef.dim():  # one value per output unit
-        coef = coef.reshape(per_unit)
-    if coef.requires_grad:
-        out = out * coef.to(out.dtype)
-        return out if bias is None else out + bias
-    if out.device.type == "cpu" and not coef.dim():
-        if bias is None:
-            return out.mul_(float(coef))
-        return torch.add(bias, out, alpha=float(coef))
-    out = out.mul_(coef.to(out.dtype))
-    return out if bias is None else out.add_(bias)
-
-
 def input_shape_of(module: nn.Module, x: Tensor) -> tuple[int, ...]:
     """The shape of one sample of the input ``x`` seen by ``module`` (batch dim dropped).
 
@@ -231,6 +183,8 @@ def input_shape_of(module: nn.Module, x: Tensor) -> tuple[int, ...]:
         return tuple(x.shape[1:])
     if isinstance(module, nn.Linear):
         return (module.in_features,)
+    if isinstance(module, PACKED_LAYERS):
+        return (module.embed_dim,)
     if isinstance(module, nn.Embedding):
         return (module.num_embeddings,)
     check_supported(module)

@@ -4,39 +4,22 @@ from __future__ import annotations
 
 import fnmatch
 import inspect
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
+from normlab.reparam import registry
 from normlab.reparam._layers import is_supported
-from normlab.reparam._wrap import check_can_register, is_reparametrized, unregister
-from normlab.reparam.equalized import equalized_lr
-from normlab.reparam.spectral import spectral_norm
-from normlab.reparam.weight_norm import weight_norm
-
-#: The scale ``c`` used by "ssn" and "bssn" when none is given. Lin et al. tune ``c`` per
-#: dataset (sweeping 0.7-4.0 on CIFAR-10, 0.7-1.6 on STL-10/CelebA, 1.0-1.6 on ImageNet);
-#: 1.2 lies inside every one of those grids and slightly above SN's implicit 1.0, the
-#: direction their Kaiming argument points. It is a starting point: sweep it with
-#: ``normlab compare --scale ...`` for your data.
-DEFAULT_SCALE = 1.2
-
-#: Method name -> (function, fixed keyword arguments).
-_METHODS: dict[str, tuple[Callable[..., nn.Module] | None, dict[str, Any]]] = {
-    "none": (None, {}),
-    "eqlr": (equalized_lr, {}),
-    "wn": (weight_norm, {}),
-    "sn": (spectral_norm, {"scale": 1.0, "bidirectional": False}),
-    "ssn": (spectral_norm, {"bidirectional": False}),
-    "bsn": (spectral_norm, {"scale": 1.0, "bidirectional": True}),
-    "bssn": (spectral_norm, {"bidirectional": True}),
-    "sn_exact": (spectral_norm, {"exact": True, "bidirectional": False}),
-}
-
-#: Every method name ``apply`` accepts.
-METHODS: tuple[str, ...] = tuple(_METHODS)
+from normlab.reparam._wrap import (
+    Reparametrization,
+    check_can_register,
+    is_reparametrized,
+    unregister,
+)
+from normlab.reparam.registry import Method
 
 
 def _matches(name: str, patterns: Sequence[str] | str | None) -> bool:
@@ -47,27 +30,40 @@ def _matches(name: str, patterns: Sequence[str] | str | None) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
-def _method_kwargs(method: str, kwargs: dict[str, Any]) -> tuple[Callable[..., nn.Module], dict]:
-    fn, fixed = _METHODS[method]
-    assert fn is not None
-    allowed = [p for p in inspect.signature(fn).parameters if p not in ("module", "name")]
+def _method_kwargs(method: Method, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The builder's keyword arguments: ``kwargs`` checked against the method's own."""
+    fixed = method.fixed
+    allowed = [p for p in inspect.signature(method.builder).parameters if p not in _INTERNAL]
     for key, value in kwargs.items():
         if key in fixed and fixed[key] != value:
             hint = " (use 'ssn' or 'bssn' for a scale other than 1)" if key == "scale" else ""
             raise ValueError(
-                f"method '{method}' fixes {key}={fixed[key]!r}; got {key}={value!r}{hint}"
+                f"method '{method.name}' fixes {key}={fixed[key]!r}; got {key}={value!r}{hint}"
             )
         if key not in allowed:
             raise TypeError(
-                f"method '{method}' takes no argument {key!r}; it accepts: "
+                f"method '{method.name}' takes no argument {key!r}; it accepts: "
                 + ", ".join(k for k in allowed if k not in fixed)
             )
-    merged = {**fixed, **kwargs}
-    if method in ("ssn", "bssn"):
-        merged.setdefault("scale", DEFAULT_SCALE)
-    if method == "wn":
-        merged.setdefault("dim", None)  # each layer's own output dim
-    return fn, merged
+    return {**method.defaults, **fixed, **kwargs, "method": method.name}
+
+
+#: Builder arguments that ``apply`` fills in itself.
+_INTERNAL = ("module", "name", "method")
+
+
+def unreparametrized_weights(model: nn.Module) -> list[str]:
+    """Qualified names of the weight-like parameters (2 or more dims) of ``model`` that no
+    normlab method can take: those of unsupported modules (a custom layer's own
+    ``nn.Parameter``, attention with separate q/k/v projections)."""
+    names = []
+    for mod_name, module in model.named_modules():
+        if is_supported(module) or isinstance(module, Reparametrization):
+            continue
+        for p_name, p in module.named_parameters(recurse=False):
+            if p.dim() >= 2:
+                names.append(f"{mod_name}.{p_name}" if mod_name else p_name)
+    return names
 
 
 def apply(
@@ -76,19 +72,24 @@ def apply(
     *,
     include: Sequence[str] | str | None = None,
     exclude: Sequence[str] | str | None = None,
+    strict: bool = False,
     **kwargs: Any,
 ) -> nn.Module:
     """Apply ``method`` to every supported layer of ``model``; returns ``model``.
 
     Supported layers are Linear, Conv1d/2d/3d, ConvTranspose1d/2d/3d and Embedding (and
-    subclasses). ``include`` / ``exclude`` are glob patterns (``fnmatch``) on qualified
-    layer names (``"blocks.3.conv1"``; ``""`` is ``model`` itself): with ``include`` only
-    matching layers are taken, and ``exclude`` drops matches. Every target is checked
+    subclasses), and MultiheadAttention's packed Q/K/V projection ``in_proj_weight`` (each
+    of the three blocks normalized as its own matrix; ``out_proj`` is a Linear).
+    ``include`` / ``exclude`` are glob patterns (``fnmatch``) on qualified layer names
+    (``"blocks.3.conv1"``; ``""`` is ``model`` itself): with ``include`` only matching
+    layers are taken, and ``exclude`` drops matches. Every target is checked
     before any is changed, so on error the model is left as it was.
 
     Args:
         model: any ``nn.Module`` (a single layer works too).
         method: one of ``METHODS``: "none", "eqlr", "wn", "sn", "ssn", "bsn", "bssn", "sn_exact".
+        strict: raise instead of warning when ``model`` has weights that no method can
+            take (see ``unreparametrized_weights``), which stay as they are.
         kwargs: passed to the method's function (``equalized_lr``, ``weight_norm`` or
             ``spectral_norm``), e.g. ``scale=1.2`` for "ssn"/"bssn" (default ``DEFAULT_SCALE``).
 
@@ -97,15 +98,14 @@ def apply(
         >>> D = nl.apply(D, "bssn", scale=1.2)
         >>> G = nl.apply(G, "eqlr", exclude="to_rgb")
     """
-    if not isinstance(method, str) or method not in _METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+    entry = registry.get(method)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if method == "none":
+    if entry.builder is None:
         if kwargs:
             raise TypeError(f"method 'none' takes no arguments, got {sorted(kwargs)}")
         return model
-    fn, merged = _method_kwargs(method, kwargs)
+    merged = _method_kwargs(entry, kwargs)
 
     candidates = [
         (name, m) for name, m in model.named_modules() if is_supported(m) or is_reparametrized(m)
@@ -123,10 +123,19 @@ def apply(
         )
     for name, layer in targets:  # validate everything before changing anything
         check_can_register(layer, name)
+    skipped = unreparametrized_weights(model)
+    if skipped:
+        message = (
+            f"'{method}' leaves {len(skipped)} weight(s) of {type(model).__name__} as they are "
+            f"(no normlab method supports their modules): {', '.join(skipped)}"
+        )
+        if strict:
+            raise ValueError(message + "; strict=True refuses this")
+        warnings.warn(message + " (strict=True makes this an error)", stacklevel=2)
     snapshots = [_snapshot(layer) for _, layer in targets]
     try:
         for name, layer in targets:
-            fn(layer, **merged, name=name)
+            entry.builder(layer, **merged, name=name)
     except BaseException:
         for (_, layer), snap in zip(targets, snapshots):
             _restore(layer, snap)
@@ -175,7 +184,8 @@ def remove(model: nn.Module) -> nn.Module:
 
 
 def methods_of(model: nn.Module) -> dict[str, str]:
-    """``{qualified layer name: method}`` for every reparameterized layer of ``model``."""
+    """``{qualified layer name: method}`` for every reparameterized layer of ``model``, each
+    the name it was asked by (``apply(m, "ssn", scale=1.0)`` reports ``"ssn"``)."""
     return {
         name: layer.reparam.method
         for name, layer in model.named_modules()

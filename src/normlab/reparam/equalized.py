@@ -37,8 +37,14 @@ import math
 import torch
 from torch import Tensor, nn
 
-from normlab.reparam._layers import fan_in
-from normlab.reparam._wrap import Reparametrization, check_can_register, register
+from normlab.reparam._layers import fan_in, param_names
+from normlab.reparam._wrap import (
+    Reparametrization,
+    check_can_register,
+    check_number,
+    raw_weight_of,
+    register,
+)
 
 
 class EqualizedLR(Reparametrization):
@@ -54,6 +60,7 @@ class EqualizedLR(Reparametrization):
         gain: float,
         lr_multiplier: float,
         owns_bias: bool,
+        method: str = "eqlr",
     ) -> None:
         super().__init__()
         self.raw_weight = weight
@@ -62,18 +69,15 @@ class EqualizedLR(Reparametrization):
         self.gain = gain
         self.lr_multiplier = lr_multiplier
         self.fan_in = fan_in
-        #: The runtime coefficient: He's constant times the learning-rate multiplier.
-        self.weight_coef = gain * lr_multiplier / math.sqrt(fan_in)
+        self.method = method
+
+    @property
+    def weight_coef(self) -> float:
+        """The runtime coefficient: He's constant times the learning-rate multiplier."""
+        return self.gain * self.lr_multiplier / math.sqrt(self.fan_in)
 
     def forward(self, layer: nn.Module) -> Tensor:
         return self.raw_weight * self.weight_coef
-
-    factorable = True
-
-    def factors(self, layer: nn.Module) -> tuple[Tensor, Tensor]:
-        """``(W_raw, coef)``: a constant coefficient, so nothing to add in the backward."""
-        raw = self.raw_weight
-        return raw.view_as(raw), torch.tensor(self.weight_coef, dtype=raw.dtype, device=raw.device)
 
     def effective_bias(self) -> Tensor | None:
         if self.raw_bias is None or self.lr_multiplier == 1.0:
@@ -84,16 +88,13 @@ class EqualizedLR(Reparametrization):
         return f"gain={self.gain:g}, lr_multiplier={self.lr_multiplier:g}, fan_in={self.fan_in}"
 
 
-def _check_positive(name: str, value: float, where: str) -> float:
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        raise TypeError(f"{name} must be a positive number, got {value!r} ({where})")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive finite number, got {value!r} ({where})")
-    return float(value)
-
-
 def equalized_lr(
-    module: nn.Module, gain: float = math.sqrt(2), lr_multiplier: float = 1.0, *, name: str = ""
+    module: nn.Module,
+    gain: float = math.sqrt(2),
+    lr_multiplier: float = 1.0,
+    *,
+    name: str = "",
+    method: str = "eqlr",
 ) -> nn.Module:
     """Put equalized learning rate on one layer; returns the layer.
 
@@ -106,19 +107,21 @@ def equalized_lr(
         gain: He's gain; ``sqrt(2)`` for ReLU-like activations, 1 for linear outputs.
         lr_multiplier: scales the layer's effective learning rate (0.01 in StyleGAN's mapping).
         name: the layer's qualified name, used in error messages.
+        method: the name ``methods_of`` reports.
     """
     where = f"layer '{name}'" if name else type(module).__name__
-    gain = _check_positive("gain", gain, where)
-    lr_multiplier = _check_positive("lr_multiplier", lr_multiplier, where)
+    gain = float(check_number("gain", gain, where))
+    lr_multiplier = float(check_number("lr_multiplier", lr_multiplier, where))
     check_can_register(module, name)
-    weight: nn.Parameter = module._parameters["weight"]
-    owns_bias = "bias" in module._parameters
-    bias = module._parameters.get("bias")
+    weight = raw_weight_of(module)
+    bias_name = param_names(module)[1]
+    owns_bias = bias_name in module._parameters
+    bias = module._parameters.get(bias_name)
     with torch.no_grad():
         weight.normal_(0.0, 1.0 / lr_multiplier)
         if isinstance(module, nn.Embedding) and module.padding_idx is not None:
             weight[module.padding_idx].zero_()  # nn.Embedding keeps the padding row at zero
         if bias is not None:
             bias.zero_()
-    reparam = EqualizedLR(weight, bias, fan_in(module), gain, lr_multiplier, owns_bias)
+    reparam = EqualizedLR(weight, bias, fan_in(module), gain, lr_multiplier, owns_bias, method)
     return register(module, reparam)

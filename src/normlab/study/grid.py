@@ -7,11 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from normlab.gan.config import TrainConfig
-from normlab.reparam import METHODS
-
-#: Methods whose ``scale`` is a hyper-parameter (the others take none, so a scale sweep
-#: gives them one group, not one per value).
-SCALED_METHODS = ("ssn", "bssn")
+from normlab.reparam import METHODS, SCALED_METHODS
 
 
 @dataclass(frozen=True)
