@@ -27,7 +27,9 @@ import time
 from pathlib import Path
 
 
-def one(runs: int, steps: int, workers: int, method: str, root: Path, rep: int) -> dict:
+def one(
+    runs: int, steps: int, workers: int, method: str, root: Path, rep: int, device: str = "cpu"
+) -> dict:
     out = root / f"r{runs}-s{steps}-{rep}"
     cmd = [
         sys.executable,
@@ -53,6 +55,8 @@ def one(runs: int, steps: int, workers: int, method: str, root: Path, rep: int) 
         "ckpt_every=0",
         "--set",
         "log_every=10",
+        "--set",
+        f"device={device}",
     ]
     t = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -86,6 +90,7 @@ def main() -> None:
     p.add_argument("--steps", default="100,200")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--method", default="sn")
+    p.add_argument("--device", default="cpu", help="the runs' device: cpu or cuda (default cpu)")
     p.add_argument(
         "--repeat", type=int, default=3, help="interleaved repetitions; the median is reported"
     )
@@ -97,7 +102,7 @@ def main() -> None:
         for rep in range(args.repeat):  # interleaved: a busy moment hits every setting alike
             for s in steps:
                 for r in runs:
-                    row = one(r, s, args.workers, args.method, Path(tmp), rep)
+                    row = one(r, s, args.workers, args.method, Path(tmp), rep, args.device)
                     trials.setdefault((r, s), []).append(row)
                     print(
                         f"  (trial {rep}: runs={r} steps={s} wall {row['wall']:.1f} s)", flush=True

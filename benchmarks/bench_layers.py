@@ -2,13 +2,12 @@
 
 Every layer of the standard-CNN discriminator and generator (32x32, width 64) is timed on
 its own, as the GAN step uses it: a discriminator layer on two batches (real and fake)
-before one backward, a generator layer on one. Each round runs the method's layer and a
-plain copy with the same weights back to back, in alternating order; the figure is the
-median over rounds of the difference, in ms, for each output-scaling mode of
-``normlab.reparam.set_output_scaling`` (``auto`` picks per call, ``always`` scales the
-output, ``never`` the weight).
+before one backward, inside ``nl.cached()`` (one computed weight, one power step), a
+generator layer on one. Each round runs the method's layer and a plain copy with the same
+weights back to back, in alternating order; the figure is the median over rounds of the
+difference, in ms.
 
-    python benchmarks/bench_layers.py [--method wn] [--batch 16] [--rounds 40] [--modes auto,never]
+    python benchmarks/bench_layers.py [--method wn] [--batch 16] [--rounds 40] [--device cpu]
 """
 
 from __future__ import annotations
@@ -24,9 +23,7 @@ from torch import nn
 
 import normlab as nl
 from normlab.gan.models import StandardCNNDiscriminator, StandardCNNGenerator
-from normlab.reparam import set_output_scaling
 from normlab.reparam._layers import is_supported
-from normlab.reparam._wrap import OUTPUT_SCALING_MODES
 
 
 def standard_cnn_layers(batch: int) -> list[tuple[str, nn.Module, tuple[int, ...], int]]:
@@ -57,9 +54,17 @@ def standard_cnn_layers(batch: int) -> list[tuple[str, nn.Module, tuple[int, ...
 
 def step_fn(layer: nn.Module, inputs: list[torch.Tensor]) -> Callable[[], None]:
     def step() -> None:
-        sum(layer(x).square().mean() for x in inputs).backward()
+        with nl.cached():
+            loss = sum(layer(x).square().mean() for x in inputs)
+        loss.backward()
+        _sync(inputs[0].device)
 
     return step
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def median_extra_ms(method_step: Callable, plain_step: Callable, rounds: int) -> float:
@@ -84,47 +89,37 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--modes", default="auto,never,always")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     args = parser.parse_args()
-    modes = args.modes.split(",")
-    for mode in modes:
-        if mode not in OUTPUT_SCALING_MODES:
-            parser.error(f"--modes: {mode!r} is not one of {OUTPUT_SCALING_MODES}")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    device = torch.device(args.device)
     print(
-        f"{args.method}, batch {args.batch}, {args.threads} threads: median ms over the plain "
-        f"layer per step ({args.rounds} rounds)"
+        f"{args.method}, batch {args.batch}, {args.device}, {args.threads} threads: median ms "
+        f"over the plain layer per step ({args.rounds} rounds)"
     )
-    print(f"{'net':3s} {'layer':34s} {'plain ms':>8s} " + " ".join(f"{m:>7s}" for m in modes))
-    totals = dict.fromkeys(modes, 0.0)
-    try:
-        for net, layer, shape, calls in standard_cnn_layers(args.batch):
-            plain = copy.deepcopy(layer)
-            ours = nl.apply(nn.Sequential(copy.deepcopy(layer)), args.method)[0]
-            inputs = [torch.randn(shape) for _ in range(calls)]
-            if args.method == "sn_exact":
-                ours(inputs[0])  # exact SN learns its input shape
-            with torch.no_grad():  # the same effective weights (eqlr re-initialises them)
-                plain.weight.copy_(ours.weight)
-                if plain.bias is not None:
-                    plain.bias.copy_(ours.bias)
-            plain_step = step_fn(plain, inputs)
-            t0 = time.perf_counter()
-            for _ in range(5):
-                plain_step()
-            plain_ms = (time.perf_counter() - t0) / 5 * 1e3
-            row = []
-            for mode in modes:
-                set_output_scaling(mode)
-                extra = median_extra_ms(step_fn(ours, inputs), plain_step, args.rounds)
-                totals[mode] += extra
-                row.append(f"{extra:+7.2f}")
-            what = f"{type(layer).__name__}{tuple(layer.weight.shape)}"
-            print(f"{net:3s} {what:34s} {plain_ms:8.2f} " + " ".join(row))
-    finally:
-        set_output_scaling("auto")
-    print(f"{'':3s} {'total':34s} {'':8s} " + " ".join(f"{totals[m]:+7.2f}" for m in modes))
+    print(f"{'net':3s} {'layer':34s} {'plain ms':>8s} {'extra ms':>8s}")
+    total = 0.0
+    for net, layer, shape, calls in standard_cnn_layers(args.batch):
+        plain = copy.deepcopy(layer).to(device)
+        ours = nl.apply(nn.Sequential(copy.deepcopy(layer)), args.method)[0].to(device)
+        inputs = [torch.randn(shape, device=device) for _ in range(calls)]
+        if args.method == "sn_exact":
+            ours(inputs[0])  # exact SN learns its input shape
+        with torch.no_grad():  # the same effective weights (eqlr re-initialises them)
+            plain.weight.copy_(ours.weight)
+            if plain.bias is not None:
+                plain.bias.copy_(ours.bias)
+        plain_step = step_fn(plain, inputs)
+        t0 = time.perf_counter()
+        for _ in range(5):
+            plain_step()
+        plain_ms = (time.perf_counter() - t0) / 5 * 1e3
+        extra = median_extra_ms(step_fn(ours, inputs), plain_step, args.rounds)
+        total += extra
+        what = f"{type(layer).__name__}{tuple(layer.weight.shape)}"
+        print(f"{net:3s} {what:34s} {plain_ms:8.2f} {extra:+8.2f}")
+    print(f"{'':3s} {'total':34s} {'':8s} {total:+8.2f}")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,11 @@ point the step's own allocations reach, from PyTorch's profiler (the allocator's
 records, not the process's resident size, which the allocator's caching blurs).
 
     python benchmarks/bench_step.py [--batch 64 16] [--steps 30] [--threads 2] [--full] [--memory]
-                                    [--parts] [--ops] [--repeats 1]
+                                    [--parts] [--ops] [--repeats 1] [--arch cnn|mlp]
+                                    [--device cpu|cuda]
+
+``--arch mlp`` times the lab's ring8 GAN instead (MLPs of 4 Linear layers of 64 units, 2-D
+data, batch as given: the lab uses 256), where a method's fixed cost per layer call shows.
 
 With ``--repeats K`` the whole measurement runs K times, each in a new Python process (one
 after another), and each figure is the median of the K runs' figures, with the interval of
@@ -36,9 +40,9 @@ batch, the D update, the G update), the median over rounds of the method's ms mi
 twin's: which update a method's cost comes from. With ``--ops`` it counts the operators one
 step runs (``torch.profiler``) against the twin's step, with the kinds the method adds most.
 
-Targets (issues 2 and 6): every method's D step at most 1.05x / 1.10x the unnormalized
-step at batch 64 / 16 (exact SN at most 1.15x), at most 1.02x on the full GAN iteration,
-peak memory at most 1.05x.
+Targets (issue 15): on the standard CNN's D step no worse than 2 points above issue 2's
+figures (sn 1.04 / 1.08, bsn 1.05 / 1.11 at batch 64 / 16); on the ring8 MLP GAN's full
+iteration every SN-family method at most PyTorch's spectral_norm, aiming at 1.15x plain.
 """
 
 from __future__ import annotations
@@ -60,7 +64,13 @@ from torch import nn
 from torch.nn.utils import parametrizations, parametrize
 
 import normlab as nl
-from normlab.gan.models import StandardCNNDiscriminator, StandardCNNGenerator
+from normlab.gan import steps
+from normlab.gan.models import (
+    MLPDiscriminator,
+    MLPGenerator,
+    StandardCNNDiscriminator,
+    StandardCNNGenerator,
+)
 from normlab.reparam import is_reparametrized
 
 #: Baselines from PyTorch itself, applied to every Conv2d/Linear layer.
@@ -70,9 +80,25 @@ TORCH_BASELINES: dict[str, Callable[[nn.Module], nn.Module]] = {
 }
 
 
-def build(method: str, resolution: int, seed: int = 0) -> nn.Module:
+#: The networks each ``--arch`` times: the SNGAN/BSN standard CNN on 32x32x3 images
+#: (width 64), or the lab's ring8 MLP GAN (3 hidden layers of 64: 4 Linear layers each).
+ARCHS = ("cnn", "mlp")
+MLP_WIDTH, MLP_Z = 64, 16
+
+
+def _input_shape(arch: str, resolution: int) -> tuple[int, ...]:
+    return (2,) if arch == "mlp" else (3, resolution, resolution)
+
+
+def build(
+    method: str, resolution: int, seed: int = 0, arch: str = "cnn", device: str = "cpu"
+) -> nn.Module:
     torch.manual_seed(seed)
-    d = StandardCNNDiscriminator(resolution=resolution, channels=3, width=64)
+    if arch == "mlp":
+        d = MLPDiscriminator(2, width=MLP_WIDTH, depth=3)
+    else:
+        d = StandardCNNDiscriminator(resolution=resolution, channels=3, width=64)
+    d = d.to(device)
     if method in TORCH_BASELINES:
         for m in list(d.modules()):
             if isinstance(m, nn.Conv2d | nn.Linear):
@@ -80,17 +106,23 @@ def build(method: str, resolution: int, seed: int = 0) -> nn.Module:
     else:
         nl.apply(d, method)
         if method == "sn_exact":  # the exact norm needs to see the input shape once
-            d(torch.zeros(1, 3, resolution, resolution))
+            d(torch.zeros(1, *_input_shape(arch, resolution), device=device))
     return d
 
 
 #: Methods that the lab also puts on the generator.
-ON_BOTH_NETWORKS = ("eqlr", "wn")
+ON_BOTH_NETWORKS = tuple(m for m in nl.METHODS if m != "none" and not nl.REGISTRY[m].d_only)
 
 
-def build_generator(method: str, resolution: int, seed: int = 0) -> nn.Module:
+def build_generator(
+    method: str, resolution: int, seed: int = 0, arch: str = "cnn", device: str = "cpu"
+) -> nn.Module:
     torch.manual_seed(seed + 1)
-    g = StandardCNNGenerator(z_dim=128, resolution=resolution, channels=3, width=64)
+    if arch == "mlp":
+        g = MLPGenerator(MLP_Z, 2, MLP_WIDTH, 3)
+    else:
+        g = StandardCNNGenerator(z_dim=128, resolution=resolution, channels=3, width=64)
+    g = g.to(device)
     if method in ON_BOTH_NETWORKS:
         nl.apply(g, method)
     return g
@@ -127,22 +159,36 @@ class Stepper:
     """One method's networks, optimizers and batch; ``step()`` runs one training step."""
 
     def __init__(
-        self, method: str, batch: int, resolution: int, full: bool, twin_of: Stepper | None = None
+        self,
+        method: str,
+        batch: int,
+        resolution: int,
+        full: bool,
+        twin_of: Stepper | None = None,
+        arch: str = "cnn",
+        device: str = "cpu",
     ) -> None:
+        if twin_of is not None:
+            arch, device = twin_of.arch, twin_of.device
+        self.arch, self.device = arch, device
+        shape = (batch, *_input_shape(arch, resolution))
         if twin_of is None:
-            self.d = build(method, resolution)
-            self.g = build_generator(method, resolution) if full else None
-            self.real = torch.randn(batch, 3, resolution, resolution)
-            self.fake = None if full else torch.randn(batch, 3, resolution, resolution)
+            self.d = build(method, resolution, arch=arch, device=device)
+            self.g = build_generator(method, resolution, arch=arch, device=device) if full else None
+            self.real = torch.randn(shape).to(device)
+            self.fake = None if full else torch.randn(shape).to(device)
         else:  # the same networks, baked, on the same batches
-            self.d = bake_into(twin_of.d, build("none", resolution))
+            self.d = bake_into(twin_of.d, build("none", resolution, arch=arch, device=device))
             self.g = (
                 None
                 if twin_of.g is None
-                else bake_into(twin_of.g, build_generator("none", resolution))
+                else bake_into(
+                    twin_of.g, build_generator("none", resolution, arch=arch, device=device)
+                )
             )
             self.real, self.fake = twin_of.real, twin_of.fake
         self.batch, self.resolution = batch, resolution
+        self.z_dim = MLP_Z if arch == "mlp" else 128
         self.opt_d = torch.optim.Adam(self.d.parameters(), lr=2e-4, betas=(0.5, 0.999))
         self.opt_g = (
             None
@@ -156,31 +202,42 @@ class Stepper:
         return Stepper("none", self.batch, self.resolution, self.g is not None, twin_of=self)
 
     def step(self) -> None:
-        """One step; ``self.parts`` then holds the seconds of its parts (see ``PARTS``)."""
+        """One step; ``self.parts`` then holds the seconds of its parts (see ``PARTS``).
+
+        The D update runs D(real) and D(fake) inside ``nl.cached()``: one power step and one
+        computed weight per layer for both (what a GAN loop that calls D twice should do; the
+        lab's trainer runs D once on both batches instead). The G update runs D frozen and in
+        eval mode through the lab's own ``g_step_loss``.
+        """
         d, opt_d = self.d, self.opt_d
         gen = torch.Generator().manual_seed(self.seed)
         self.seed += 1
-        marks = [time.perf_counter()]
+        marks = [self._now()]
         if self.g is None:
             fake = self.fake
         else:
             with torch.no_grad():
-                fake = self.g(torch.randn(self.batch, 128, generator=gen))
-            marks.append(time.perf_counter())
+                fake = self.g(torch.randn(self.batch, self.z_dim, generator=gen).to(self.device))
+            marks.append(self._now())
         opt_d.zero_grad(set_to_none=True)
-        (F.relu(1 - d(self.real)).mean() + F.relu(1 + d(fake)).mean()).backward()
+        with nl.cached():
+            loss = F.relu(1 - d(self.real)).mean() + F.relu(1 + d(fake)).mean()
+        loss.backward()
         opt_d.step()
-        marks.append(time.perf_counter())
-        if self.g is not None:  # the G update through a frozen D in eval mode, as the trainer
+        marks.append(self._now())
+        if self.g is not None:
             self.opt_g.zero_grad(set_to_none=True)
-            d.eval()
-            d.requires_grad_(False)
-            (-d(self.g(torch.randn(self.batch, 128, generator=gen)))).mean().backward()
-            d.requires_grad_(True)
-            d.train()
+            z = torch.randn(self.batch, self.z_dim, generator=gen).to(self.device)
+            steps.g_step_loss(self.g, d, d, z, "hinge").backward()
             self.opt_g.step()
-            marks.append(time.perf_counter())
+            marks.append(self._now())
         self.parts = [b - a for a, b in itertools.pairwise(marks)]
+
+    def _now(self) -> float:
+        """The time, after the device has finished what was queued (CUDA runs async)."""
+        if self.device != "cpu" and torch.cuda.is_available():
+            torch.cuda.synchronize()
+        return time.perf_counter()
 
     def persistent_bytes(self) -> int:
         """Bytes of parameters, gradients, buffers and optimizer state (distinct storages)."""
@@ -227,10 +284,12 @@ def op_counts(stepper: Stepper) -> Counter:
     return Counter({e.key: e.count for e in prof.key_averages()})
 
 
-def extra_ops(method: str, batch: int, resolution: int, full: bool) -> tuple[int, int, Counter]:
+def extra_ops(
+    method: str, batch: int, resolution: int, full: bool, arch: str = "cnn", device: str = "cpu"
+) -> tuple[int, int, Counter]:
     """``(ops of one step, ops of its twin's step, what the method adds per operator)``."""
     torch.manual_seed(0)
-    st = Stepper(method, batch, resolution, full)
+    st = Stepper(method, batch, resolution, full, arch=arch, device=device)
     twin = st.twin()
     for _ in range(2):
         st.step()
@@ -301,15 +360,22 @@ def interleaved(
     for i in range(steps):
         order = list(pair) if i % 2 == 0 else list(pair)[::-1]
         for k in order:
-            t0 = time.perf_counter()
+            t0 = pair[k]._now()
             pair[k].step()
-            times[k].append(time.perf_counter() - t0)
+            times[k].append(pair[k]._now() - t0)
             parts[k].append(pair[k].parts)
     return times, parts
 
 
 def measure(
-    methods: list[str], batch: int, steps: int, warmup: int, resolution: int, full: bool = False
+    methods: list[str],
+    batch: int,
+    steps: int,
+    warmup: int,
+    resolution: int,
+    full: bool = False,
+    arch: str = "cnn",
+    device: str = "cpu",
 ) -> tuple[dict, dict, dict, dict, dict]:
     """Each method interleaved with its baked twin, one step of each per round.
 
@@ -321,7 +387,7 @@ def measure(
     med, base, ratio, interval, extra = {}, {}, {}, {}, {}
     for m in methods:
         torch.manual_seed(0)
-        first = Stepper(m, batch, resolution, full)
+        first = Stepper(m, batch, resolution, full, arch=arch, device=device)
         times, parts = interleaved({m: first, "twin": first.twin()}, steps, warmup)
         med[m] = statistics.median(times[m])
         base[m] = statistics.median(times["twin"])
@@ -354,10 +420,12 @@ def combine_runs(
     return med, base, ratio, interval, extra
 
 
-def peak_memory(method: str, batch: int, resolution: int, full: bool) -> float:
+def peak_memory(
+    method: str, batch: int, resolution: int, full: bool, arch: str = "cnn", device: str = "cpu"
+) -> float:
     """Peak tensor memory (MiB) of one step of ``method`` (after two warm-up steps)."""
     torch.manual_seed(0)
-    st = Stepper(method, batch, resolution, full)
+    st = Stepper(method, batch, resolution, full, arch=arch, device=device)
     st.step()
     st.step()
     return st.peak_bytes() / 2**20
@@ -371,6 +439,7 @@ def timing_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument(
         "--repeats", type=int, default=1, help="runs, each in a new process (medians across them)"
     )
@@ -390,13 +459,17 @@ def timing_header(args: argparse.Namespace) -> str:
     """The first line a timing script prints: torch, threads, rounds and runs."""
     runs = f", {args.repeats} runs in fresh processes" if args.repeats > 1 else ""
     return (
-        f"torch {torch.__version__}, {args.threads} threads, {args.steps} interleaved steps{runs}"
+        f"torch {torch.__version__}, {args.device}, {args.threads} threads, "
+        f"{args.steps} interleaved steps{runs}"
     )
 
 
 def main() -> None:
     parser = timing_parser(__doc__.split("\n")[0])
     parser.add_argument("--resolution", type=int, default=32)
+    parser.add_argument(
+        "--arch", choices=ARCHS, default="cnn", help="standard CNN (default) or the ring8 MLP GAN"
+    )
     parser.add_argument("--methods", default=",".join([*nl.METHODS, *TORCH_BASELINES]))
     parser.add_argument("--full", action="store_true", help="time the whole GAN iteration")
     parser.add_argument("--memory", action="store_true", help="also report peak memory")
@@ -411,19 +484,29 @@ def main() -> None:
     if "none" not in methods:
         methods.insert(0, "none")
     print(timing_header(args))
-    if args.full:
-        methods = [m for m in methods if m not in TORCH_BASELINES]
     what = "GAN iteration (D + G update)" if args.full else "D step"
     for batch in args.batch:
         runs = in_fresh_processes(
             measure,
-            (methods, batch, args.steps, args.warmup, args.resolution, args.full),
+            (
+                methods,
+                batch,
+                args.steps,
+                args.warmup,
+                args.resolution,
+                args.full,
+                args.arch,
+                args.device,
+            ),
             args.repeats,
             args.threads,
         )
         med, base, ratio, interval, extra = combine_runs(runs)
         mem = (
-            {m: peak_memory(m, batch, args.resolution, args.full) for m in methods}
+            {
+                m: peak_memory(m, batch, args.resolution, args.full, args.arch, args.device)
+                for m in methods
+            }
             if args.memory
             else {}
         )
@@ -457,7 +540,9 @@ def main() -> None:
         if args.ops:
             print(f"\nbatch {batch}: operators run by one step (torch.profiler), against the twin")
             for m in methods:
-                mine, base, added = extra_ops(m, batch, args.resolution, args.full)
+                mine, base, added = extra_ops(
+                    m, batch, args.resolution, args.full, args.arch, args.device
+                )
                 top = ", ".join(f"{k} {n:+d}" for k, n in added.most_common(5))
                 print(f"{m:10s} {mine:6d} against {base:6d} ({mine - base:+d}): {top}")
         if args.parts:

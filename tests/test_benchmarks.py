@@ -10,16 +10,11 @@ from scipy.stats import binom
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
 
-from bench_floor import probe_and_plain  # noqa: E402
 from bench_step import (  # noqa: E402
-    Stepper,
     combine_runs,
     median_ci,
     median_ci_coverage,
-    op_counts,
 )
 
 
@@ -71,19 +66,22 @@ def test_runs_combine_into_medians_with_the_interval_across_runs():
             "bench_step.py",
             *("--batch", "2", "--steps", "1", "--warmup", "0", "--full", "--memory", "--parts"),
         ],
-        ["bench_layers.py", "--method", "wn", "--batch", "2", "--rounds", "1", "--modes", "auto"],
-        ["bench_floor.py", "--batch", "2", "--steps", "1", "--warmup", "0"],
+        ["bench_layers.py", "--method", "wn", "--batch", "2", "--rounds", "1"],
+        [
+            "bench_step.py",
+            *("--arch", "mlp", "--batch", "8", "--steps", "1", "--warmup", "0", "--full"),
+            *("--methods", "bssn,torch_sn"),
+        ],
         [
             "bench_step.py",
             *("--batch", "2", "--steps", "1", "--warmup", "0", "--methods", "sn", "--repeats", "2"),
         ],
-        ["bench_floor.py", "--batch", "2", "--steps", "1", "--warmup", "0", "--repeats", "2"],
     ],
-    ids=["step", "full_memory", "layers", "floor", "step_repeats", "floor_repeats"],
+    ids=["step", "full_memory", "layers", "mlp_full", "step_repeats"],
 )
 def test_benchmark_scripts_run(args):
     args = [*args]
-    if args[0] == "bench_step.py" and "--full" in args:
+    if args[0] == "bench_step.py" and "--full" in args and "--methods" not in args:
         args += ["--methods", "sn"]
     out = subprocess.run(
         [sys.executable, str(BENCH / args[0]), *args[1:]],
@@ -93,42 +91,3 @@ def test_benchmark_scripts_run(args):
     )
     assert out.returncode == 0, out.stderr
     assert "total" in out.stdout or "x twin" in out.stdout or "<=1.02" in out.stdout
-
-
-def _probe_and_plain(method: str, full: bool) -> tuple[Stepper, Stepper, int]:
-    """``bench_floor``'s hooked and plain networks after one step, and D's weighted layer count."""
-    probe, plain = probe_and_plain(method, 2, full)
-    for st in (plain, probe):
-        st.step()  # the first step also creates Adam's state
-    layers = [m for m in probe.d.modules() if isinstance(m, nn.Linear | nn.Conv2d)]
-    return probe, plain, len(layers)
-
-
-def _added(probe: Stepper, plain: Stepper, op: str) -> int:
-    return op_counts(probe)[op] - op_counts(plain)[op]
-
-
-def test_floor_runs_sn_products_once_per_step_and_leaves_training_unchanged():
-    """D is called twice (real, fake) before one backward: the power step's two products run
-    once per layer, the backward's dot once; with G's update, sigma's product once more.
-    The rank-one terms are tiny: the probe trains as its plain twin does."""
-    probe, plain, n = _probe_and_plain("sn", full=False)
-    assert _added(probe, plain, "aten::mv") == 2 * n
-    assert _added(probe, plain, "aten::dot") == n
-    probe, plain, n = _probe_and_plain("sn", full=True)
-    assert _added(probe, plain, "aten::mv") == 3 * n
-    for net in ("d", "g"):
-        for a, b in zip(getattr(probe, net).parameters(), getattr(plain, net).parameters()):
-            torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
-
-
-def test_floor_exact_sn_takes_the_eval_image_as_the_steps_first_product():
-    """Exact SN's step needs ``A v`` and ``A^T u``. A D step alone runs both per conv layer;
-    in a whole iteration G's update (eval) computes ``A v`` and the next step takes it from
-    there, so the forward conv still runs once per layer, not twice. (The head is Linear.)"""
-    probe, plain, n = _probe_and_plain("sn_exact", full=False)
-    assert _added(probe, plain, "aten::conv2d") == n - 1
-    assert _added(probe, plain, "aten::convolution_backward") == n - 1
-    probe, plain, n = _probe_and_plain("sn_exact", full=True)
-    assert _added(probe, plain, "aten::conv2d") == n - 1
-    assert _added(probe, plain, "aten::convolution_backward") == n - 1

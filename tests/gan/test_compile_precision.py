@@ -64,7 +64,10 @@ def test_config_fields() -> None:
 def test_compiled_training_matches_eager(tmp_path: Path, method: str) -> None:
     from normlab.gan.trainer import train
 
-    cfg = _cfg(method=method)
+    # Non-saturating loss: under hinge the last bias's gradient is exactly zero while every
+    # logit is inside the margin, and Adam turns its rounding residue (which differs between
+    # compiled and eager kernels) into a full step of either sign.
+    cfg = _cfg(method=method, loss="ns")
     eager = train(cfg, tmp_path / "eager", progress=False)
     compiled = train(cfg.replace(compile=True), tmp_path / "compiled", progress=False)
     assert eager["status"] == compiled["status"] == "finished"

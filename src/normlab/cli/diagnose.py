@@ -14,7 +14,7 @@ def _methods(text: str) -> tuple[str, ...]:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from normlab.diagnostics.run import DEFAULT_METHODS, DiagnoseConfig
+    from normlab.experiments.diagnose import DEFAULT_METHODS, DiagnoseConfig
 
     d = DiagnoseConfig()
     p = sub.add_parser(
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the study and print a summary table."""
     import torch
 
-    from normlab.diagnostics import run as study
+    from normlab.experiments import diagnose as study
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         say("lr bound: sweeping learning rates")
         lrb = study.lr_bound_study(seed=args.seed, progress=None)
         if not args.no_figures:
-            from normlab.diagnostics import plots
+            from normlab.experiments import diagnose_plots as plots
 
             out.mkdir(parents=True, exist_ok=True)
             lrb["figure"] = plots.lr_bound_figure(lrb, out)

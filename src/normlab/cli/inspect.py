@@ -27,7 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from normlab.diagnostics.tables import layer_scale_table
+    from normlab.experiments.layer_scales import layer_scale_table
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     table = layer_scale_table(

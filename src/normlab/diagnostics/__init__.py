@@ -8,7 +8,7 @@
   records, JSON lines and TensorBoard.
 * ``max_stable_lr(model, loss_fn, data, momentum)``: ``2 (1 + mu) / lambda_max(Fisher)``.
 
-The ``normlab diagnose`` command (``normlab.diagnostics.run``) puts them together on a
+The ``normlab diagnose`` command (``normlab.experiments.diagnose``) puts them together on a
 short GAN training of the standard CNN on the bundled digits.
 """
 

@@ -34,12 +34,9 @@ _CONSTANT: dict[type[nn.Module], float] = {
 
 
 def weighted_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """``(qualified name, layer)`` for every supported weighted layer of ``model``, in order."""
-    return [
-        (name, m)
-        for name, m in model.named_modules()
-        if isinstance(m, SUPPORTED_LAYERS) or is_reparametrized(m)
-    ]
+    """``(qualified name, layer)`` for every single-weight layer of ``model`` (Linear, conv,
+    Embedding; attention's packed projection is not one matrix and is left out), in order."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, SUPPORTED_LAYERS)]
 
 
 def layer_label(name: str) -> str:

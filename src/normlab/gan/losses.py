@@ -27,12 +27,24 @@ def g_loss(kind: str, fake_logits: Tensor) -> Tensor:
     raise ValueError(f"unknown loss {kind!r}; choose hinge, ns or wgan-gp")
 
 
-def gradient_penalty(
-    D: nn.Module, real: Tensor, fake: Tensor, generator: torch.Generator
-) -> Tensor:
-    """WGAN-GP's ``E[(||grad_x D(x_hat)|| - 1)^2]`` on random interpolates of real and fake."""
+def interpolation_weights(real: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """One uniform weight per row of ``real``, broadcastable to it (WGAN-GP's interpolates)."""
     shape = (real.shape[0],) + (1,) * (real.dim() - 1)
-    alpha = torch.rand(shape, generator=generator).to(real.device, real.dtype)
+    return torch.rand(shape, generator=generator).to(real.device, real.dtype)
+
+
+def gradient_penalty(
+    D: nn.Module,
+    real: Tensor,
+    fake: Tensor,
+    generator: torch.Generator | None = None,
+    *,
+    alpha: Tensor | None = None,
+) -> Tensor:
+    """WGAN-GP's ``E[(||grad_x D(x_hat)|| - 1)^2]`` on interpolates ``alpha real + (1 - alpha)
+    fake`` (``alpha`` drawn from ``generator`` when not given)."""
+    if alpha is None:
+        alpha = interpolation_weights(real, generator)
     x_hat = (alpha * real + (1.0 - alpha) * fake).requires_grad_(True)
     out = D(x_hat)
     (grad,) = torch.autograd.grad(out.sum(), x_hat, create_graph=True)

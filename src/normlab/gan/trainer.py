@@ -1,10 +1,11 @@
 """``train(cfg, out_dir)``: one GAN run, crash-safe, deterministic on CPU, divergence caught.
 
 One step is ``n_dis`` discriminator updates then one generator update (the SNGAN/BSN
-loop). Each D update runs D once on the concatenated real and fake batch, so an SN-family
-layer takes exactly one power-iteration step per D update (as in the BSN code); the
-generator update, the gradient penalty and the logged input-gradient norms run D in eval
-mode, which freezes the power vectors, so logging never changes training.
+loop), built from ``normlab.gan.steps`` (the functions the ``diagnose`` experiment uses too).
+Each D update runs D once on the concatenated real and fake batch, so an SN-family layer
+takes exactly one power-iteration step per D update (as in the BSN code); the generator
+update, the gradient penalty and the logged input-gradient norms run D in eval mode, which
+freezes the power vectors, so logging never changes training.
 
 The run folder::
 
@@ -49,8 +50,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+import normlab.reparam as nl
 from normlab.diagnostics import Monitor, input_gradient_norm
-from normlab.gan import distributed, losses
+from normlab.gan import distributed, losses, steps
 from normlab.gan.checkpoint import (
     atomic_write_text,
     clean_temporary,
@@ -460,6 +462,14 @@ def _train(
             leave=False,
             dynamic_ncols=True,
         )
+
+    def gp_alpha(real: Tensor) -> Tensor:
+        """WGAN-GP's interpolation weights of this rank's rows of the global batch."""
+        _skip_uniform(gp_gen, rows.start)
+        alpha = losses.interpolation_weights(real, gp_gen)
+        _skip_uniform(gp_gen, cfg.batch_size - rows.stop)
+        return alpha
+
     t_loop = time.perf_counter()
     try:
         for step in range(start + 1, cfg.steps + 1):
@@ -472,25 +482,23 @@ def _train(
                     fake = g_fake(z)
                 last = k == cfg.n_dis - 1
                 if log_now and last and main:
-                    D.eval()
-                    slopes = {
-                        **_stats(input_gradient_norm(D, real), "grad_real"),
-                        **_stats(input_gradient_norm(D, fake.to(real.dtype)), "grad_fake"),
-                    }
-                    D.train()
-                with amp:
-                    logits = d_train(torch.cat([real, fake.to(real.dtype)])).float()
-                d_real, d_fake = logits[: real.shape[0]], logits[real.shape[0] :]
-                loss_d = losses.d_loss(cfg.loss, d_real, d_fake)
-                if cfg.loss == "wgan-gp":  # in float32, through the plain D (eval: frozen)
-                    D.eval()
-                    # One interpolation weight per row of the global batch: this rank's rows'.
-                    _skip_uniform(gp_gen, rows.start)
-                    loss_d = loss_d + cfg.gp_weight * losses.gradient_penalty(
-                        D, real, fake.to(real.dtype), gp_gen
-                    )
-                    _skip_uniform(gp_gen, cfg.batch_size - rows.stop)
-                    D.train()
+                    # D's slopes in eval (no power step), its weights computed once for both.
+                    with steps.eval_mode(D), nl.cached():
+                        slopes = {
+                            **_stats(input_gradient_norm(D, real), "grad_real"),
+                            **_stats(input_gradient_norm(D, fake.to(real.dtype)), "grad_fake"),
+                        }
+                step_d = steps.d_step_loss(
+                    d_train,
+                    D,
+                    real,
+                    fake,
+                    cfg.loss,
+                    amp=amp,
+                    gp_weight=cfg.gp_weight,
+                    gp_interpolation=gp_alpha,
+                )
+                loss_d, d_real, d_fake = step_d.loss, step_d.real_logits, step_d.fake_logits
                 opt_d.zero_grad(set_to_none=True)
                 if scaler_d is None:
                     (loss_d * weight if weight != 1.0 else loss_d).backward()
@@ -512,16 +520,10 @@ def _train(
                     scaler_d.step(opt_d)
                     scaler_d.update()
 
-            D.eval()
-            D.requires_grad_(False)
             z = torch.randn(cfg.batch_size, cfg.z_dim, generator=z_gen)[rows].to(device)
-            with amp:
-                out = d_judge(g_train(z)).float()
-            loss_g = losses.g_loss(cfg.loss, out)
+            loss_g = steps.g_step_loss(g_train, d_judge, D, z, cfg.loss, amp=amp)
             opt_g.zero_grad(set_to_none=True)
             _backward_step(loss_g * weight if weight != 1.0 else loss_g, opt_g, scaler_g)
-            D.requires_grad_(True)
-            D.train()
             if ema is not None:
                 ema.update()
             if check_loss_each_step or rec is not None or (log_now and ctx.distributed):

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from normlab.cli import main
-from normlab.diagnostics.run import DiagnoseConfig, diagnose, lr_bound_study
+from normlab.experiments.diagnose import DiagnoseConfig, diagnose, lr_bound_study
 
 FIGURES = {"grad_norms.png", "grad_over_steps.png", "sigma.png", "input_grad.png", "lipschitz.png"}
 

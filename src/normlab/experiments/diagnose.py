@@ -7,7 +7,9 @@ effective-weight gradients, and ``input_gradient_norm`` the slopes on real and f
 batches. ``lr_bound_study`` compares ``max_stable_lr`` with the divergence threshold that
 a short sweep of full-batch heavy-ball gradient descent finds.
 
-Nothing here depends on the lab's trainer: the loop is the few lines it needs.
+The loop is the few lines it needs, built from the lab's own D-step and G-step
+(``normlab.gan.steps``): D runs once on the real and fake batch in training mode (one power
+step per D update), and the G step runs D frozen in eval mode, as ``normlab train`` does.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import normlab.reparam as reparam
 from normlab.diagnostics.fisher import max_stable_lr
 from normlab.diagnostics.input_grad import input_gradient_norm
 from normlab.diagnostics.monitor import Monitor
-from normlab.gan import models
+from normlab.gan import models, steps
 
 #: The methods ``normlab diagnose`` compares by default.
 DEFAULT_METHODS: tuple[str, ...] = ("none", "sn", "sn_exact", "bsn", "bssn", "eqlr", "wn")
@@ -160,15 +162,12 @@ def train_one(
             with torch.no_grad():
                 fake = G(z)
             opt_d.zero_grad(set_to_none=True)
-            loss_d = F.relu(1 - D(real)).mean() + F.relu(1 + D(fake)).mean()
+            loss_d = steps.d_step_loss(D, D, real, fake, "hinge").loss
             loss_d.backward()
             if step % cfg.every == 0 or step == cfg.steps:
-                D.eval()
-                try:
+                with steps.eval_mode(D), reparam.cached():
                     s_real = input_gradient_norm(D, real)
                     s_fake = input_gradient_norm(D, fake)
-                finally:
-                    D.train()
                 mon.record(
                     step,
                     loss_d=float(loss_d.detach()),
@@ -185,7 +184,7 @@ def train_one(
                 break
             opt_g.zero_grad(set_to_none=True)
             z = torch.randn(cfg.batch_size, cfg.z_dim, generator=gen).to(device)
-            lg = -D(G(z)).mean()
+            lg = steps.g_step_loss(G, D, D, z, "hinge")
             lg.backward()
             opt_g.step()
             loss_g = float(lg.detach())
@@ -277,7 +276,7 @@ def diagnose(
         }
     result["figures"] = []
     if figures:
-        from normlab.diagnostics import plots
+        from normlab.experiments import diagnose_plots as plots
 
         result["figures"] = plots.diagnose_figures(result, out)
     write_json(out / "diagnose.json", result)
