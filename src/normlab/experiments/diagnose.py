@@ -122,7 +122,7 @@ def build(arch: str, shape: tuple[int, ...], width: int, z_dim: int) -> tuple[nn
 def _apply(D: nn.Module, method: str, scale: float) -> nn.Module:
     if method == "none":
         return D
-    if method in ("ssn", "bssn"):
+    if reparam.REGISTRY[method].takes_scale:
         return reparam.apply(D, method, scale=scale)
     return reparam.apply(D, method)
 

@@ -22,7 +22,6 @@ pickles as "the original class plus its state".
 from __future__ import annotations
 
 import contextlib
-import math
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -249,18 +248,6 @@ def check_can_register(module: nn.Module, name: str = "") -> None:
         raise ValueError(
             f"{where} has {bad} non-finite (NaN/Inf) weight entries; refusing to register"
         )
-
-
-def check_number(name: str, value: float, where: str, integer: bool = False) -> float:
-    """``value`` if it is a positive (integer) number, else a clear error naming it."""
-    ok_type = int if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, ok_type):
-        kind = "a positive integer" if integer else "a positive number"
-        raise TypeError(f"{name} must be {kind}, got {value!r} ({where})")
-    if not math.isfinite(value) or value <= 0:
-        kind = "a positive integer" if integer else "a positive finite number"
-        raise ValueError(f"{name} must be {kind}, got {value!r} ({where})")
-    return value
 
 
 def raw_weight_of(module: nn.Module) -> nn.Parameter:

@@ -132,18 +132,19 @@ def apply(
         if strict:
             raise ValueError(message + "; strict=True refuses this")
         warnings.warn(message + " (strict=True makes this an error)", stacklevel=2)
-    snapshots = [_snapshot(layer) for _, layer in targets]
+    snapshots = [snapshot(layer) for _, layer in targets]
     try:
         for name, layer in targets:
             entry.builder(layer, **merged, name=name)
     except BaseException:
         for (_, layer), snap in zip(targets, snapshots):
-            _restore(layer, snap)
+            restore(layer, snap)
         raise
     return model
 
 
-def _snapshot(layer: nn.Module) -> tuple:
+def snapshot(layer: nn.Module) -> tuple:
+    """What ``restore`` needs to undo a registration on ``layer``."""
     values = {k: p.detach().clone() for k, p in layer._parameters.items() if p is not None}
     return (
         layer.__class__,
@@ -155,7 +156,7 @@ def _snapshot(layer: nn.Module) -> tuple:
 
 
 @torch.no_grad()
-def _restore(layer: nn.Module, snap: tuple) -> None:
+def restore(layer: nn.Module, snap: tuple) -> None:
     """Undo a partial ``apply`` on ``layer`` (class, parameters and their values)."""
     cls, params, modules, buffers, values = snap
     layer.__class__ = cls

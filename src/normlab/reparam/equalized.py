@@ -37,11 +37,11 @@ import math
 import torch
 from torch import Tensor, nn
 
+from normlab.reparam._checks import check_number
 from normlab.reparam._layers import fan_in, param_names
 from normlab.reparam._wrap import (
     Reparametrization,
     check_can_register,
-    check_number,
     raw_weight_of,
     register,
 )

@@ -42,6 +42,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from normlab.reparam._checks import check_number
 from normlab.reparam._layers import (
     conv_adjoint,
     conv_args,
@@ -54,7 +55,6 @@ from normlab.reparam._power import as3d, mat_t_vec, mat_vec, normalize, power_st
 from normlab.reparam._wrap import (
     Reparametrization,
     check_can_register,
-    check_number,
     raw_weight_of,
     register,
 )
@@ -63,7 +63,23 @@ from normlab.reparam._wrap import (
 WARMUP_ITERATIONS = 15
 
 
-class SpectralNorm(Reparametrization):
+class _DividedBySigma(Reparametrization):
+    """What both spectral norms hold: ``scale * W / sigma`` with sigma by power iteration."""
+
+    def __init__(
+        self, weight: nn.Parameter, n_power_iterations: int, eps: float, scale: float, method: str
+    ) -> None:
+        super().__init__()
+        self.raw_weight = weight
+        self.n_power_iterations = n_power_iterations
+        self.eps = eps
+        self.scale = scale
+        self.method = method
+        #: The last sigma estimates (detached); for the instruments.
+        self.last_sigmas: tuple[Tensor, ...] = ()
+
+
+class SpectralNorm(_DividedBySigma):
     """``W_eff = scale * W / sigma``, sigma from one or (bidirectional) two reshapes of ``W``.
 
     Buffers ``u0, v0`` hold the power vectors of ``W.reshape(out, -1)``; with
@@ -83,14 +99,10 @@ class SpectralNorm(Reparametrization):
         blocks: int = 1,
         method: str = "",
     ) -> None:
-        super().__init__()
-        self.raw_weight = weight
-        self.n_power_iterations = n_power_iterations
-        self.eps = eps
-        self.scale = scale
+        method = method or ("b" if bidirectional else "") + ("ssn" if scale != 1 else "sn")
+        super().__init__(weight, n_power_iterations, eps, scale, method)
         self.bidirectional = bidirectional
         self.blocks = blocks
-        self.method = method or ("b" if bidirectional else "") + ("ssn" if scale != 1 else "sn")
         row_dims = (out_dim, 1 - out_dim) if bidirectional else (out_dim,)
         #: ``(block, row dim)`` of each matrix whose sigma is estimated, in buffer order.
         self.terms = tuple((b, d) for b in range(blocks) for d in row_dims)
@@ -103,8 +115,6 @@ class SpectralNorm(Reparametrization):
                     power_step_(w3, row_dim, u, v, eps)
                 self.register_buffer(f"u{i}", u)
                 self.register_buffer(f"v{i}", v)
-        #: The last sigma estimates (detached), one per term; for the instruments.
-        self.last_sigmas: tuple[Tensor, ...] = ()
 
     def _block3d(self, block: int) -> Tensor:
         w = self.raw_weight
@@ -150,7 +160,7 @@ class SpectralNorm(Reparametrization):
         )
 
 
-class ExactSpectralNorm(Reparametrization):
+class ExactSpectralNorm(_DividedBySigma):
     """``W_eff = scale * W / ||A_W||``: the operator norm of the layer's map on its input shape.
 
     The buffer ``v`` is a unit vector of one input's shape ``(1, C, *spatial)``; it is
@@ -169,14 +179,8 @@ class ExactSpectralNorm(Reparametrization):
         scale: float = 1.0,
         method: str = "sn_exact",
     ) -> None:
-        super().__init__()
-        self.raw_weight = weight
-        self.n_power_iterations = n_power_iterations
-        self.eps = eps
-        self.scale = scale
-        self.method = method
+        super().__init__(weight, n_power_iterations, eps, scale, method)
         self.register_buffer("v", torch.empty(0, dtype=weight.dtype, device=weight.device))
-        self.last_sigmas: tuple[Tensor, ...] = ()
 
     @property
     def input_shape(self) -> tuple[int, ...] | None:

@@ -25,11 +25,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import torch
 from torch import Tensor, nn
 
 from normlab.reparam._layers import is_supported
 from normlab.reparam._wrap import REPARAM_ATTR, check_can_register, is_reparametrized
+from normlab.reparam.apply import restore, snapshot
 
 #: Per-layer key suffixes of each PyTorch form: (raw weight, u, v).
 _OLD_KEYS = ("weight_orig", "weight_u", "weight_v")
@@ -191,7 +191,7 @@ def load_torch_spectral_norm_state(
     metadata = getattr(state_dict, "_metadata", None)
 
     targets = [(n, m) for n, m, _, _ in layers if not is_reparametrized(m)]
-    snapshots = _snapshots(targets)
+    snapshots = [snapshot(layer) for _, layer in targets]
     try:
         from normlab.reparam.spectral import spectral_norm
 
@@ -233,7 +233,8 @@ def load_torch_spectral_norm_state(
             converted = _with_metadata(converted, metadata)
         model.load_state_dict(converted, strict=strict)
     except BaseException:
-        _restore(snapshots)
+        for (_, layer), snap in zip(targets, snapshots):
+            restore(layer, snap)
         raise
     return model
 
@@ -244,25 +245,3 @@ def _with_metadata(converted: dict[str, Tensor], metadata: object) -> dict[str, 
     out: OrderedDict[str, Tensor] = OrderedDict(converted)
     out._metadata = metadata  # type: ignore[attr-defined]
     return out
-
-
-def _snapshots(targets: list[tuple[str, nn.Module]]) -> list[tuple]:
-    # Restoring state: the layers' classes and parameter dicts (their values are untouched
-    # by spectral_norm; load_state_dict, the only writer, is the last step).
-    return [
-        (m, m.__class__, dict(m._parameters), dict(m._modules), dict(m._buffers))
-        for _, m in targets
-    ]
-
-
-@torch.no_grad()
-def _restore(snapshots: list[tuple]) -> None:
-    for layer, cls, params, modules, buffers in snapshots:
-        layer.__class__ = cls
-        for store, saved in (
-            (layer._parameters, params),
-            (layer._modules, modules),
-            (layer._buffers, buffers),
-        ):
-            store.clear()
-            store.update(saved)
