@@ -1,7 +1,7 @@
 """Matrix-vector products of a weight's two reshapes, without copying the weight.
 
 A weight of shape ``(d0, d1, *kernel)`` is read as ``W3 = W.view(d0, d1, r)`` with
-``r = prod(kernel)``. Its two reshapes are
+``r = prod(kernel)`` (a matrix is used as it is). Its two reshapes are
 
 * rows along dim 0: ``M0 = W.reshape(d0, d1 * r)`` (Miyato's matrix for Linear/ConvNd), a view;
 * rows along dim 1: ``M1 = W.movedim(1, 0).reshape(d1, d0 * r)`` (BSN's transposed reshape),
@@ -23,24 +23,23 @@ def as3d(weight: Tensor) -> Tensor:
     return weight.reshape(weight.shape[0], weight.shape[1] if weight.dim() > 1 else 1, -1)
 
 
-def mat_vec(w3: Tensor, row_dim: int, v: Tensor) -> Tensor:
-    """``M v`` for the reshape with rows along ``row_dim`` (``v`` flat, length ``cols``)."""
-    d0, d1, r = w3.shape
+def mat_vec(w: Tensor, row_dim: int, v: Tensor) -> Tensor:
+    """``M v`` for the reshape of weight ``w`` with rows along ``row_dim`` (``v`` flat)."""
+    if w.dim() == 2:  # a matrix: M0 is w itself, M1 its transpose
+        return (w if row_dim == 0 else w.t()).mv(v)
     if row_dim == 0:
-        return w3.reshape(d0, d1 * r).mv(v)
-    if r == 1:  # M1 is the transpose of a (d0, d1) matrix
-        return w3.reshape(d0, d1).t().mv(v)
-    return torch.bmm(v.view(d0, 1, r), w3.transpose(1, 2)).sum(0).view(d1)
+        return w.flatten(1).mv(v)
+    d0, d1, r = as3d(w).shape
+    return torch.bmm(v.view(d0, 1, r), as3d(w).transpose(1, 2)).sum(0).view(d1)
 
 
-def mat_t_vec(w3: Tensor, row_dim: int, u: Tensor) -> Tensor:
-    """``M^T u`` for the reshape with rows along ``row_dim`` (result flat)."""
-    d0, d1, r = w3.shape
+def mat_t_vec(w: Tensor, row_dim: int, u: Tensor) -> Tensor:
+    """``M^T u`` for the reshape of weight ``w`` with rows along ``row_dim`` (result flat)."""
+    if w.dim() == 2:
+        return (w.t() if row_dim == 0 else w).mv(u)
     if row_dim == 0:
-        return w3.reshape(d0, d1 * r).t().mv(u)
-    if r == 1:
-        return w3.reshape(d0, d1).mv(u)
-    return torch.matmul(u, w3).reshape(d0 * r)
+        return w.flatten(1).t().mv(u)
+    return torch.matmul(u, as3d(w)).flatten()
 
 
 def normalize(x: Tensor, eps: float) -> Tensor:
@@ -49,7 +48,13 @@ def normalize(x: Tensor, eps: float) -> Tensor:
 
 
 @torch.no_grad()
-def power_step_(w3: Tensor, row_dim: int, u: Tensor, v: Tensor, eps: float) -> None:
+def normalize_into_(x: Tensor, out: Tensor, eps: float) -> Tensor:
+    """``out <- x / max(||x||, eps)`` in place (three small ops), for the power vectors."""
+    return torch.div(x, torch.linalg.vector_norm(x).clamp_min_(eps), out=out)
+
+
+@torch.no_grad()
+def power_step_(w: Tensor, row_dim: int, u: Tensor, v: Tensor, eps: float) -> None:
     """One step ``v <- N(M^T u)``, ``u <- N(M v)``, the buffers updated in place."""
-    v.copy_(normalize(mat_t_vec(w3, row_dim, u), eps))
-    u.copy_(normalize(mat_vec(w3, row_dim, v), eps))
+    normalize_into_(mat_t_vec(w, row_dim, u), v, eps)
+    normalize_into_(mat_vec(w, row_dim, v), u, eps)

@@ -51,7 +51,14 @@ from normlab.reparam._layers import (
     output_dim,
     row_blocks,
 )
-from normlab.reparam._power import as3d, mat_t_vec, mat_vec, normalize, power_step_
+from normlab.reparam._power import (
+    as3d,
+    mat_t_vec,
+    mat_vec,
+    normalize,
+    normalize_into_,
+    power_step_,
+)
 from normlab.reparam._wrap import (
     Reparametrization,
     check_can_register,
@@ -85,7 +92,9 @@ class SpectralNorm(_DividedBySigma):
     Buffers ``u0, v0`` hold the power vectors of ``W.reshape(out, -1)``; with
     ``bidirectional`` also ``u1, v1`` for the transposed reshape ``(in, out * k * k)``. A
     weight that stacks ``blocks`` matrices along its output dim (attention's Q/K/V) gets one
-    sigma (and vectors ``u{i}, v{i}``, reshape by reshape) per block.
+    sigma (and vectors ``u{i}, v{i}``, reshape by reshape) per block. With one kernel tap
+    (Linear, Embedding, 1x1 convs) the transposed reshape is the matrix's transpose, whose
+    sigma is the same: BSN is SN there, and one pair of vectors serves.
     """
 
     def __init__(
@@ -103,54 +112,70 @@ class SpectralNorm(_DividedBySigma):
         super().__init__(weight, n_power_iterations, eps, scale, method)
         self.bidirectional = bidirectional
         self.blocks = blocks
-        row_dims = (out_dim, 1 - out_dim) if bidirectional else (out_dim,)
+        # With one kernel tap (Linear, Embedding, 1x1 convs) the transposed reshape is the
+        # transpose of the first: the same sigma, so BSN is SN there and one estimate serves.
+        taps = weight[0, 0].numel() if weight.dim() > 2 else 1
+        row_dims = (out_dim, 1 - out_dim) if bidirectional and taps > 1 else (out_dim,)
         #: ``(block, row dim)`` of each matrix whose sigma is estimated, in buffer order.
         self.terms = tuple((b, d) for b in range(blocks) for d in row_dims)
         with torch.no_grad():
             for i, (block, row_dim) in enumerate(self.terms):
-                w3 = self._block3d(block).detach()
-                u = normalize(torch.randn(w3.shape[row_dim], dtype=w3.dtype, device=w3.device), eps)
-                v = normalize(mat_t_vec(w3, row_dim, u), eps)
+                w = self._block(block).detach()
+                rows = as3d(w).shape[row_dim]
+                u = normalize(torch.randn(rows, dtype=w.dtype, device=w.device), eps)
+                v = normalize(mat_t_vec(w, row_dim, u), eps)
                 for _ in range(WARMUP_ITERATIONS):
-                    power_step_(w3, row_dim, u, v, eps)
+                    power_step_(w, row_dim, u, v, eps)
                 self.register_buffer(f"u{i}", u)
                 self.register_buffer(f"v{i}", v)
 
-    def _block3d(self, block: int) -> Tensor:
+    def _block(self, block: int) -> Tensor:
         w = self.raw_weight
-        return as3d(w if self.blocks == 1 else w.chunk(self.blocks, dim=0)[block])
+        return w if self.blocks == 1 else w.chunk(self.blocks, dim=0)[block]
 
-    def _sigma(self, i: int, w3: Tensor, row_dim: int, step: bool) -> Tensor:
+    def _sigma(self, i: int, w: Tensor, row_dim: int, step: bool) -> Tensor:
         """``u^T M v`` for term ``i``, after the training step ``step`` (buffers in place)."""
         u, v = self._buffers[f"u{i}"], self._buffers[f"v{i}"]
         if not step:
-            return torch.dot(u.clone(), mat_vec(w3, row_dim, v.clone()))
+            return torch.dot(u.clone(), mat_vec(w, row_dim, v.clone()))
         with torch.no_grad():
             for _ in range(self.n_power_iterations - 1):
-                power_step_(w3.detach(), row_dim, u, v, self.eps)
-            v.copy_(normalize(mat_t_vec(w3.detach(), row_dim, u), self.eps))
-        mv = mat_vec(w3, row_dim, v.clone())  # M v, its graph kept: sigma = N(M v) . M v
-        with torch.no_grad():
-            u.copy_(normalize(mv.detach(), self.eps))
+                power_step_(w.detach(), row_dim, u, v, self.eps)
+            normalize_into_(mat_t_vec(w.detach(), row_dim, u), v, self.eps)
+        mv = mat_vec(w, row_dim, v.clone())  # M v, its graph kept: sigma = N(M v) . M v
+        normalize_into_(mv.detach(), u, self.eps)
         return torch.dot(u.clone(), mv)
 
     def forward(self, layer: nn.Module) -> Tensor:
         step = self.takes_step()
         sigmas = [
-            self._sigma(i, self._block3d(block), row_dim, step)
+            self._sigma(i, self._block(block), row_dim, step)
             for i, (block, row_dim) in enumerate(self.terms)
         ]
         self.last_sigmas = tuple(s.detach() for s in sigmas)
+        if self.bidirectional and len(self.terms) == self.blocks:  # one tap: sigma_t = sigma
+            self.last_sigmas = self.last_sigmas * 2
+        # W / (mean(sigmas) / scale + eps): the sigmas of a block averaged and divided by the
+        # scale (one product by a Python number), eps keeping an all-zero weight at zero.
         per_block = len(self.terms) // self.blocks
-        coefs = [
-            self.scale
-            / (sum(sigmas[b * per_block : (b + 1) * per_block]) / per_block).clamp_min(self.eps)
-            for b in range(self.blocks)
-        ]
+        mean_over_scale = 1.0 / (per_block * self.scale)
+        denominators = []
+        for b in range(self.blocks):
+            total = sum(sigmas[b * per_block : (b + 1) * per_block])
+            denominators.append(
+                (total if mean_over_scale == 1.0 else total * mean_over_scale) + self.eps
+            )
         if self.blocks == 1:
-            return self.raw_weight * coefs[0]
+            return self.raw_weight / denominators[0]
         blocks = self.raw_weight.chunk(self.blocks, dim=0)
-        return torch.cat([w * c for w, c in zip(blocks, coefs)])
+        return torch.cat([w / d for w, d in zip(blocks, denominators)])
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints of BSN on one-tap layers from before it kept one estimate there hold a
+        # second pair of vectors (u1, v1) for the transposed matrix: not needed, dropped.
+        for name in ("u", "v"):
+            state_dict.pop(f"{prefix}{name}{len(self.terms)}", None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
         return (
