@@ -12,15 +12,16 @@ in every layer, so the relative update is about ``lr`` everywhere. Under plain S
 each layer's effective learning rate by ``c^2 = gain^2 / fan_in`` (the step on ``W_raw`` is ``c``
 times the effective weight's gradient, and ``W_eff`` moves ``c`` times that).
 
-Four parts:
+Three parts:
 
 1. ``relative_update``: a LeakyReLU MLP on the bundled digits with fan-ins ``64, 1024, 4, 128``
    (:attr:`EqlrConfig.widths`), He init versus equalized lr from the *same* initial effective
    weights, the same batches; per layer and per step ``||W_eff(t+1) - W_eff(t)|| /
    ||W_eff(t)||`` under Adam (ProGAN's betas ``(0, 0.99)``) and under SGD. The log-log slope of
    the mean relative update against fan-in: 0.5 predicted for Adam + He, 0 for Adam + eqlr.
-2. ``lr_multiplier``: StyleGAN's mapping network (``lr_multiplier=0.01``): two copies of a
-   4-layer MLP with the same initial effective weights, one with multiplier 1 and one with 0.01,
+2. ``lr_multiplier``: StyleGAN's mapping network (``lr_multiplier=0.01``): two copies of an
+   MLP (``mapping_layers`` hidden layers of width ``mapping_width``, then 10 outputs, all of
+   fan-in 64) with the same initial effective weights, one with multiplier 1 and one with 0.01,
    trained by Adam on the same batches; the ratio of their relative updates (0.01 predicted:
    the raw weight has scale ``1/lr_mul`` and its coefficient ``lr_mul * c``).
 3. ``training``: the MLP of part 1 trained to classify the digits with Adam at each learning
