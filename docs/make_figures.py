@@ -33,7 +33,7 @@ JOBS: dict[str, tuple[list[str], dict[str, str]]] = {
     "cbn": (["experiment", "cbn", "--quick"], {"cbn.png": "cbn.png"}),
     "classnorm": (["experiment", "classnorm", "--quick"], {"classnorm.png": "classnorm.png"}),
     "diagnose": (
-        ["diagnose", "--steps", "200", "--quiet"],
+        ["diagnose", "--steps", "100", "--quiet"],
         {
             "grad_norms.png": "sn_grad_norms.png",
             "sigma.png": "sn_sigma.png",

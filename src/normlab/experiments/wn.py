@@ -74,7 +74,7 @@ class WNConfig:
     # conditioning
     cond_steps: int = 200
     cond_lr: float = 0.05
-    cond_checkpoints: int = 3
+    cond_checkpoints: int = 5
     cond_batch: int = 512
     power_iters: int = 20
 
