@@ -7,7 +7,7 @@ colours so the repository stays small.
 
 Usage::
 
-    python docs/make_figures.py                    # all figures (several minutes on 2 cores)
+    python docs/make_figures.py                    # all figures (~9 min of CPU, one thread)
     python docs/make_figures.py --only eqlr,wn     # some of them
     python docs/make_figures.py --keep runs/docs   # keep the JSON results there too
 """
