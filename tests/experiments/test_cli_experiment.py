@@ -10,7 +10,7 @@ def test_registered():
     assert "experiment" in cli.COMMANDS
 
 
-@pytest.mark.parametrize("name", ["fixup", "cbn", "classnorm"])
+@pytest.mark.parametrize("name", ["fixup", "cbn", "classnorm", "eqlr", "wn"])
 def test_calls_the_experiment(monkeypatch, tmp_path, capsys, name):
     import importlib
 

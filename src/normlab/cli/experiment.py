@@ -1,4 +1,4 @@
-"""``normlab experiment fixup|cbn|classnorm --out DIR``: the other papers' small experiments."""
+"""``normlab experiment fixup|cbn|classnorm|eqlr|wn --out DIR``: the papers' small experiments."""
 
 from __future__ import annotations
 
@@ -8,13 +8,19 @@ import json
 from pathlib import Path
 
 #: Experiment name -> module of ``normlab.experiments``.
-EXPERIMENTS = {"fixup": "fixup", "cbn": "cbn", "classnorm": "classnorm"}
+EXPERIMENTS = {
+    "fixup": "fixup",
+    "cbn": "cbn",
+    "classnorm": "classnorm",
+    "eqlr": "eqlr",
+    "wn": "wn",
+}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "experiment",
-        help="run a method's small experiment (Fixup, CBN, Class Normalization)",
+        help="run a method's small experiment (Fixup, CBN, Class Normalization, equalized lr, WN)",
         description=run.__doc__,
     )
     p.add_argument("name", choices=sorted(EXPERIMENTS), help="which experiment")
