@@ -112,10 +112,26 @@ def build_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from normlab.cli._signals import graceful_stop
+    from normlab.gan.distributed import launched_by_torchrun
     from normlab.gan.trainer import train
 
     cfg, out, resume = build_config(args)
-    result = train(cfg, out, resume=resume, progress=not args.no_progress)
+    if launched_by_torchrun():  # the ranks must stop together: torchrun's signals end them
+        result = train(cfg, out, resume=resume, progress=not args.no_progress)
+    else:  # Ctrl-C / SIGTERM: a checkpoint at the step reached, then exit 130 / 143
+        with graceful_stop("the run") as request:
+            result = train(
+                cfg, out, resume=resume, progress=not args.no_progress, stop=request.event.is_set
+            )
+        if result["status"] == "interrupted":
+            print(
+                f"normlab train: interrupted by {request.name} at step {result['steps']} of "
+                f"{cfg.steps}; a checkpoint of that step is in {out}. Resume with:\n"
+                f"  normlab train --resume {out}",
+                file=sys.stderr,
+            )
+            return request.exit_code
     if int(os.environ.get("RANK", "0") or 0) != 0:  # torchrun: rank 0 reports
         return 0 if result["status"] == "finished" else 3
     metrics = ", ".join(

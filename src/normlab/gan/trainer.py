@@ -41,7 +41,7 @@ import json
 import math
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -276,7 +276,12 @@ def _agreed(ctx: distributed.Context) -> Iterator[None]:
 
 
 def train(
-    cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    stop: Callable[[], bool] | None = None,
 ) -> dict:
     """Train one GAN as ``cfg`` says, into the run folder ``out_dir``.
 
@@ -285,10 +290,15 @@ def train(
     Started by torchrun (``WORLD_SIZE`` > 1), the processes train one run together with
     DistributedDataParallel and rank 0 writes ``out_dir``.
 
-    Returns ``{"status": "finished" | "diverged", "metrics": {final metrics}, "wall_time":
-    seconds (all sessions of the run), "steps": steps done, "steps_per_sec": this session's
-    training speed, "divergence": None | {"step", "layer", "quantity", "value"}}`` (on ranks
-    other than 0, ``metrics`` is empty).
+    ``stop`` (e.g. ``threading.Event().is_set``, set by a signal handler) is asked after
+    every step: when it answers True the run writes a checkpoint at the step reached and
+    returns with status ``"interrupted"`` (resume it later with ``resume=True``). Under
+    torchrun it is not asked (the ranks would have to agree on the step).
+
+    Returns ``{"status": "finished" | "diverged" | "interrupted", "metrics": {final metrics},
+    "wall_time": seconds (all sessions of the run), "steps": steps done, "steps_per_sec":
+    this session's training speed, "divergence": None | {"step", "layer", "quantity",
+    "value"}}`` (on ranks other than 0, ``metrics`` is empty).
     """
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
@@ -296,7 +306,7 @@ def train(
     cfg = cfg.resolved()
     ctx = distributed.init(cfg.device)
     try:
-        return _train(cfg, Path(out_dir), ctx, resume, progress, t_start)
+        return _train(cfg, Path(out_dir), ctx, resume, progress, t_start, should_stop=stop)
     finally:
         distributed.teardown(ctx)
 
@@ -308,6 +318,7 @@ def _train(
     resume: bool,
     progress: bool,
     t_start: float,
+    should_stop: Callable[[], bool] | None = None,
 ) -> dict:
     main = ctx.is_main
     distributed.check_sync_bn(ctx, cfg.sync_bn)
@@ -565,6 +576,11 @@ def _train(
                 checkpoint(step)
             if bar is not None:
                 bar.update(1)
+            if should_stop and not ctx.distributed and step < cfg.steps and should_stop():
+                if not (cfg.ckpt_every and step % cfg.ckpt_every == 0):
+                    checkpoint(step)  # the step reached, unless just written
+                status = "interrupted"
+                break
     except Diverged as err:
         status = "diverged"
         divergence = err.info
