@@ -149,6 +149,21 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     print(f"metrics: {metrics or '(none)'}")
+    note = _image_metric_note(out)
+    if note:
+        print(f"  ({note})")
     if getattr(args, "json", False):
         print(json.dumps(result))
     return 0 if result["status"] == "finished" else 3
+
+
+def _image_metric_note(run_dir: Path) -> str:
+    """The feature space and scale of FID/KID as the run's metrics.json states them."""
+    from normlab.gan.evaluate import image_metric_note
+    from normlab.gan.run import METRICS_FILE
+
+    try:
+        stored = json.loads((Path(run_dir) / METRICS_FILE).read_text())
+    except (OSError, ValueError):
+        return ""
+    return image_metric_note(stored.get("metric_info") or {})

@@ -189,7 +189,7 @@ class _Logger:
 
 
 def _write_metrics(
-    run: Path, status: str, step: int, final: dict, history: list, divergence
+    run: Path, status: str, step: int, final: dict, history: list, divergence, info=None
 ) -> None:
     body = {
         "status": status,
@@ -198,6 +198,8 @@ def _write_metrics(
         "history": history,
         "divergence": divergence,
     }
+    if info:  # FID/KID: their feature space and scale
+        body["metric_info"] = info
     atomic_write_text(run / METRICS_FILE, json.dumps(body, indent=1) + "\n")
 
 
@@ -336,6 +338,7 @@ def _train(
         if main:
             cfg = _check_folder(cfg, run, resume)
             evaluator.prepare()  # a bad inception_weights file fails here
+    info = evaluator.metric_info() if main else {}
     if main:
         run.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run / CONFIG_FILE, cfg.to_yaml())
@@ -568,7 +571,7 @@ def _train(
                 history.append({"step": step, **metrics})
                 logger.metrics(step, metrics)
                 _write_metrics(
-                    run, "finished" if final else "running", step, metrics, history, None
+                    run, "finished" if final else "running", step, metrics, history, None, info
                 )
             if main and (final or (cfg.sample_every and step % cfg.sample_every == 0)):
                 pictures(step, final)
@@ -606,12 +609,12 @@ def _train(
         history = list(ck["history"])
         final_metrics = evaluator(g_eval)
         final_metrics = {**final_metrics, "checkpoint_step": int(ck["step"])}
-        _write_metrics(run, "diverged", step, final_metrics, history, divergence)
+        _write_metrics(run, "diverged", step, final_metrics, history, divergence, info)
     elif main:
         final_metrics = history[-1] if history and history[-1]["step"] == cfg.steps else {}
         final_metrics = {k: v for k, v in final_metrics.items() if k != "step"}
         if start >= cfg.steps:  # nothing left to do: report what the run holds
-            _write_metrics(run, "finished", start, final_metrics, history, None)
+            _write_metrics(run, "finished", start, final_metrics, history, None, info)
     return {
         "status": status,
         "metrics": final_metrics,
