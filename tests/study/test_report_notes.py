@@ -39,7 +39,7 @@ def test_intervals_stay_in_range_with_n_beside(tmp_path):
     assert len(cells) == 2
     (m_lo, m_hi, n1), (f_lo, f_hi, n2) = cells
     assert n1 == n2 == "3"
-    assert 0 <= float(m_lo) <= float(m_hi) <= 8  # a t-interval gave [-7.2, 13.2] here
+    assert 0 <= float(m_lo) <= float(m_hi) <= 8  # a t-interval gives [-7.83, 13.83] here
     assert 0 <= float(f_lo) <= float(f_hi) <= 1
     assert "n=3" in console_table(_study(tmp_path))
 
