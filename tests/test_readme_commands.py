@@ -120,6 +120,7 @@ def test_every_readme_command_parses(command):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # ~1.5 min idle (the digits feature net trains once); 7 min loaded
 def test_readme_commands_run_at_tiny_size(tmp_path):
     ran = []
     for command in readme_commands():
