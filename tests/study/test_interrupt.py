@@ -158,3 +158,26 @@ def test_a_signal_stops_train_with_a_checkpoint_at_the_step_reached(tmp_path):
     assert took < STOP_WITHIN
     step = int(load_checkpoint(list_checkpoints(out)[-1])["step"])
     assert step >= _logged_step(out) - 1 and step > 0
+
+
+def test_the_watchdog_alone_ends_an_orphan():
+    """The portable fallback (no PR_SET_PDEATHSIG): a worker whose recorded parent is not its
+    parent any more sets its stop flag at once and exits ORPHAN_GRACE seconds later."""
+    code = (
+        "import threading, time\n"
+        "from normlab.study import runner\n"
+        "runner._set_parent_death_signal = lambda: None\n"
+        "stop = threading.Event()\n"
+        "runner._guard_worker(-1, stop)\n"  # -1: never the real parent's pid
+        "print(stop.is_set(), time.time(), flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    from normlab.study.runner import ORPHAN_GRACE
+
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=300
+    )
+    took = time.time() - float(proc.stdout.split()[1])  # from the guard's start to the exit
+    print(f"\norphan (watchdog only): exited {took:.2f} s after noticing")
+    assert proc.stdout.split()[0] == "True" and proc.returncode == 3, proc.stderr
+    assert ORPHAN_GRACE - 0.5 < took < ORPHAN_GRACE + 5
