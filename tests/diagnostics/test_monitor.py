@@ -156,3 +156,59 @@ def test_global_rng_is_not_drawn_from() -> None:
     mon.record(0)
     assert torch.equal(state, torch.get_rng_state())
     mon.close()
+
+
+def one_pass_loss(D: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``d_loss`` with one forward of D (real and fake together, as the trainer does): one
+    effective weight per step, with or without a weight cache."""
+    out = D(torch.cat([x, -x]))
+    return F.relu(1 - out[: len(x)]).mean() + F.relu(1 + out[len(x) :]).mean()
+
+
+def _plain_grad_norms(D: nn.Module, x: torch.Tensor) -> dict[str, float]:
+    """The effective-weight gradients of ``one_pass_loss`` computed on a plain copy of ``D`` whose
+    weights are ``D``'s effective weights (no reparameterization, no hook, no Monitor)."""
+    import copy
+
+    plain = nl.remove(copy.deepcopy(D))
+    plain.zero_grad(set_to_none=True)
+    one_pass_loss(plain, x).backward()
+    return {
+        name or ".": float(m.weight.grad.norm())
+        for name, m in plain.named_modules()
+        if isinstance(m, nn.Conv2d | nn.Linear)
+    }
+
+
+#: Today's reparam keeps a weight computed by a forward whose backward did not reach it (an
+#: input-gradient pass) and hands that weight, made before the Monitor hooked the layer, to the
+#: next forward: its backward never calls the Monitor's hook. Issue 15 removes that cache.
+_STALE_CACHE = pytest.mark.xfail(
+    hasattr(nl.reparam, "set_weight_cache"),
+    reason="reparam's weight cache reuses a weight computed before the Monitor existed",
+    strict=True,
+)
+
+
+@pytest.mark.parametrize("before", ["nothing", "input_gradient_norm", "forward"])
+@pytest.mark.parametrize("method", ["none", "sn", "bssn", "wn", "eqlr"])
+def test_records_the_gradient_of_its_step_whatever_ran_before(
+    method: str, before: str, request: pytest.FixtureRequest
+) -> None:
+    if method != "none" and before != "nothing":
+        request.applymarker(_STALE_CACHE)
+    D = small_d(method)
+    x = torch.randn(8, 1, 8, 8)
+    if before == "input_gradient_norm":  # the issue's case, D in training mode
+        nl.diagnostics.input_gradient_norm(D, x)
+    elif before == "forward":  # a forward whose result is dropped
+        D(x).sum()
+    with nl.diagnostics.Monitor(D) as mon:
+        for step in range(2):
+            D.zero_grad(set_to_none=True)
+            one_pass_loss(D, x).backward()
+            rec = mon.record(step)
+            ref = _plain_grad_norms(D, x)
+            for name, row in rec["layers"].items():
+                assert ref[name] > 0
+                assert row["weight_grad_norm"] == pytest.approx(ref[name], rel=1e-4), (step, name)

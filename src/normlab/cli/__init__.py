@@ -9,6 +9,7 @@ function that runs it. Only this package prints to the terminal for the user
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import sys
 from collections.abc import Sequence
@@ -23,6 +24,10 @@ COMMANDS: tuple[str, ...] = (
     "experiment",
     "diagnose",
 )
+
+
+#: Exit codes of a command stopped by SIGINT / SIGTERM (128 + the signal's number).
+INTERRUPTED_CODES = (130, 143)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,12 +53,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        code = 130
     except (ValueError, FileNotFoundError, TypeError, RuntimeError) as err:
         if getattr(args, "debug", False):
             raise
         print(f"normlab {args.command}: error: {err}", file=sys.stderr)
         return 1
+    if argv is None and code in INTERRUPTED_CODES:
+        # The process ends now: spare the user the interpreter's final garbage collection
+        # of torch's objects (seconds; 7 s on a loaded 2-core machine), everything is written.
+        gc.freeze()
+    return code

@@ -4,6 +4,12 @@ With no arguments this is normlab's main job: the 8-Gaussian ring, methods none,
 bssn, eqlr and wn, three seeds each, in parallel on every core, ending with the results
 table printed and ``runs/compare-ring8/report.md`` written. An interrupted study resumes
 where it stopped when run again with the same --out.
+
+Ctrl-C or SIGTERM stops every run after its current step (each writes a checkpoint there)
+and exits with 130 / 143; a second signal stops at once. A run folder is reused only for
+the settings it was made with: otherwise the study stops before training and names the
+differing keys (more --steps is fine: those runs continue from their checkpoints);
+--rerun-changed deletes such runs and trains them again.
 """
 
 from __future__ import annotations
@@ -45,6 +51,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=None, help="parallel runs (default: core count)")
     p.add_argument("--inception-weights", default=None, help="pytorch-fid Inception weights file")
     p.add_argument("--out", default=None, help="study folder (default runs/compare-<data>)")
+    p.add_argument(
+        "--rerun-changed",
+        action="store_true",
+        help="delete and train again the runs in --out made with other settings than asked",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -73,9 +84,13 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
+    from normlab.cli._signals import graceful_stop
+    from normlab.gan.distributed import launched_by_torchrun
     from normlab.study.compare import run_study
     from normlab.study.grid import build_grid, parse_methods, parse_scales
     from normlab.study.report import REPORT_FILE, RESULTS_FILE, console_table
+    from normlab.study.reuse import find_conflicts
+    from normlab.study.runner import StudyInterrupted
 
     methods = parse_methods(args.methods)
     scales = parse_scales(args.scale)
@@ -85,7 +100,11 @@ def run(args: argparse.Namespace) -> int:
     slug = base.data.split(":")[0] if ":" in base.data else base.data
     out = Path(args.out or f"runs/compare-{slug}")
     seeds = list(range(args.seeds))
-    n_runs = len(build_grid(base, methods, seeds, scales, out))
+    grid = build_grid(base, methods, seeds, scales, out)
+    n_runs = len(grid)
+    if args.rerun_changed:
+        for c in find_conflicts(grid):
+            print(f"training again: {c.spec.group} seed {c.spec.seed} ({c.describe()})")
     # The command line as typed (when called through the console script), for the report.
     command = (
         "normlab " + shlex.join(sys.argv[1:]) if "compare" in sys.argv[1:2] else "normlab compare"
@@ -98,17 +117,33 @@ def run(args: argparse.Namespace) -> int:
         note = "reused" if rec.get("reused") else f"{rec.get('wall_time') or 0:.0f}s"
         bar.set_postfix_str(f"last: {rec['group']} seed {rec['seed']} {rec['status']} ({note})")
 
+    # Under torchrun the ranks must stop together: the launcher's signals end them (the newest
+    # checkpoints are kept); elsewhere the first signal stops every run after its step.
+    stopper = graceful_stop("the study") if not launched_by_torchrun() else _no_stop()
     try:
-        records = run_study(
-            base,
-            methods,
-            seeds,
-            out,
-            scales=scales,
-            workers=args.workers,
-            command=command,
-            on_result=on_result,
+        with stopper as request:
+            records = run_study(
+                base,
+                methods,
+                seeds,
+                out,
+                scales=scales,
+                workers=args.workers,
+                command=command,
+                on_result=on_result,
+                stop=request.event if request is not None else None,
+                rerun_changed=args.rerun_changed,
+            )
+    except StudyInterrupted as err:
+        bar.close()
+        names = ", ".join(f"{s.group} seed {s.seed}" for s in err.unfinished)
+        print(
+            f"normlab compare: interrupted by {request.name}: {err.total - len(err.unfinished)} "
+            f"of {err.total} runs ended; not finished: {names}. Each keeps its newest "
+            f"checkpoint; resume with the same command (the same --out):\n  {command}",
+            file=sys.stderr,
         )
+        return request.exit_code
     finally:
         bar.close()
     if os.environ.get("RANK", "0") != "0":
@@ -118,3 +153,13 @@ def run(args: argparse.Namespace) -> int:
     print()
     print(f"results: {out / RESULTS_FILE}\nreport:  {out / REPORT_FILE}")
     return 0
+
+
+class _no_stop:
+    """A stand-in for ``graceful_stop`` that handles no signal (under torchrun)."""
+
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False

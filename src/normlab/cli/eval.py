@@ -26,7 +26,12 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
         return 0
+    from normlab.gan.evaluate import image_metric_note
+
     print(f"{args.run_dir} at step {result.pop('step')}:")
+    info = result.pop("metric_info", {})
     for k, v in result.items():
         print(f"  {k:<18} {v:.4g}" if isinstance(v, float) else f"  {k:<18} {v}")
+    if info:
+        print(f"  ({image_metric_note(info)})")
     return 0

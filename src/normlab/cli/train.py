@@ -112,10 +112,26 @@ def build_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from normlab.cli._signals import graceful_stop
+    from normlab.gan.distributed import launched_by_torchrun
     from normlab.gan.trainer import train
 
     cfg, out, resume = build_config(args)
-    result = train(cfg, out, resume=resume, progress=not args.no_progress)
+    if launched_by_torchrun():  # the ranks must stop together: torchrun's signals end them
+        result = train(cfg, out, resume=resume, progress=not args.no_progress)
+    else:  # Ctrl-C / SIGTERM: a checkpoint at the step reached, then exit 130 / 143
+        with graceful_stop("the run") as request:
+            result = train(
+                cfg, out, resume=resume, progress=not args.no_progress, stop=request.event.is_set
+            )
+        if result["status"] == "interrupted":
+            print(
+                f"normlab train: interrupted by {request.name} at step {result['steps']} of "
+                f"{cfg.steps}; a checkpoint of that step is in {out}. Resume with:\n"
+                f"  normlab train --resume {out}",
+                file=sys.stderr,
+            )
+            return request.exit_code
     if int(os.environ.get("RANK", "0") or 0) != 0:  # torchrun: rank 0 reports
         return 0 if result["status"] == "finished" else 3
     metrics = ", ".join(
@@ -133,6 +149,21 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     print(f"metrics: {metrics or '(none)'}")
+    note = _image_metric_note(out)
+    if note:
+        print(f"  ({note})")
     if getattr(args, "json", False):
         print(json.dumps(result))
     return 0 if result["status"] == "finished" else 3
+
+
+def _image_metric_note(run_dir: Path) -> str:
+    """The feature space and scale of FID/KID as the run's metrics.json states them."""
+    from normlab.gan.evaluate import image_metric_note
+    from normlab.gan.run import METRICS_FILE
+
+    try:
+        stored = json.loads((Path(run_dir) / METRICS_FILE).read_text())
+    except (OSError, ValueError):
+        return ""
+    return image_metric_note(stored.get("metric_info") or {})

@@ -23,6 +23,16 @@ EVAL_SEED_OFFSET = 7919
 #: many (the BSN code compares 10k generated with 5k real).
 MAX_REAL_EVAL = 5_000
 FEATURE_NET_FILE = "feature_net.pt"
+#: How FID and KID are scaled (both as computed: no x1000 as some papers print KID).
+FID_SCALE = "squared distance in feature units, as is"
+KID_SCALE = "squared MMD (cubic kernel), as is, not x1000"
+
+
+def image_metric_note(info: dict) -> str:
+    """One line naming the feature space and scale of FID/KID (``""`` without image metrics)."""
+    if not info.get("feature_space"):
+        return ""
+    return f"fid and kid on {info['feature_space']}; fid: {info['fid']}; kid: {info['kid']}"
 
 
 @torch.no_grad()
@@ -42,6 +52,8 @@ class Evaluator:
         self.run_dir = Path(run_dir)
         self._net: nn.Module | None = None
         self._real: Tensor | None = None
+        #: What FID/KID are computed on (set once the features are ready; None for mixtures).
+        self.feature_space: str | None = None
 
     def prepare(self) -> None:
         """Load or train the feature network now (a bad weights file fails before training)."""
@@ -57,15 +69,29 @@ class Evaluator:
                 self._net = M.InceptionV3Features.from_weights(self.cfg.inception_weights).to(
                     self.cfg.device
                 )
+                self.feature_space = "Inception-v3 pool3 features (2048-d, pytorch-fid weights)"
             else:
                 cache = self.cfg.feature_cache or self.run_dir / FEATURE_NET_FILE
                 self._net = M.load_or_train_feature_net(
                     cache, images, self.data.labels, device=self.cfg.device
                 )
+                dim = getattr(self._net, "feature_dim", "?")
+                self.feature_space = (
+                    f"the features of a small network trained on {self.cfg.data} ({dim}-d; "
+                    "not comparable with Inception FIDs)"
+                )
             real = self.data.real_sample(MAX_REAL_EVAL, seed=self.cfg.seed + EVAL_SEED_OFFSET)
             self._real = M.extract_features(self._net, self.data.as_images(real))
         assert self._real is not None
         return self._net, self._real
+
+    def metric_info(self) -> dict[str, str]:
+        """``{"feature_space", "fid", "kid"}``: what the image metrics are computed on and
+        their scale (empty for mixtures); stored in metrics.json as ``metric_info``."""
+        if self.data.kind != "images":
+            return {}
+        self._features()
+        return {"feature_space": self.feature_space or "?", "fid": FID_SCALE, "kid": KID_SCALE}
 
     def __call__(self, G: nn.Module, n: int | None = None) -> dict:
         """Metrics of ``G`` (evaluated in eval mode; its mode is restored) on ``n`` samples."""
@@ -93,9 +119,13 @@ def evaluate_run(run_dir: str | Path, *, n: int | None = None) -> dict:
 
     Returns the metrics (``modes_covered``, ``high_quality_frac``, ``reverse_kl`` for
     mixtures; ``fid``, ``kid``, ``precision``, ``recall``, ``density``, ``coverage`` for
-    images) plus ``step``, the checkpoint's step.
+    images) plus ``step``, the checkpoint's step, and for images ``metric_info`` (see
+    ``Evaluator.metric_info``).
     """
     from normlab.gan.run import generator_for_eval
 
     cfg, data, G, step = generator_for_eval(run_dir)
-    return {"step": step, **Evaluator(cfg, data, run_dir)(G, n)}
+    evaluator = Evaluator(cfg, data, run_dir)
+    out = {"step": step, **evaluator(G, n)}
+    info = evaluator.metric_info()
+    return {**out, "metric_info": info} if info else out

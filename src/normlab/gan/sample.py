@@ -10,14 +10,16 @@ from torch import Tensor
 
 from normlab.data import Data, MixtureSpec
 
-#: Each image cell of a grid is at least this many pixels wide (small images are enlarged).
-MIN_CELL_PIXELS = 32
+#: Each image cell of a grid is at least this many pixels wide (small images are enlarged by
+#: an integer factor, nearest neighbour: an 8x8 digit becomes 64x64, a 64-image grid ~580 px).
+MIN_CELL_PIXELS = 64
 #: Seed offset of the latents drawn for sample pictures.
 SAMPLE_SEED_OFFSET = 104729
 
 
-def save_scatter(samples: Tensor, spec: MixtureSpec, path: str | Path, title: str = "") -> Path:
-    """Scatter ``samples`` ``(N, 2)`` (blue) over the modes and their 3-std circles (red)."""
+def scatter_figure(samples: Tensor, spec: MixtureSpec, title: str = ""):
+    """``(fig, ax)``: ``samples`` ``(N, 2)`` (blue) drawn *above* the modes and their 3-std
+    circles (red), so that a generator collapsed onto a mode still shows."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -30,10 +32,16 @@ def save_scatter(samples: Tensor, spec: MixtureSpec, path: str | Path, title: st
     means = np.asarray(spec.means)
     span = float(np.abs(means).max()) + 0.5
     fig, ax = plt.subplots(figsize=(4.2, 4.2), dpi=110)
-    ax.scatter(x[:, 0], x[:, 1], s=3, alpha=0.5, color="tab:blue", label="generated", linewidths=0)
     for m in means:
-        ax.add_patch(Circle(m, QUALITY_STDS * spec.std, fill=False, color="tab:red", lw=0.8))
-    ax.scatter(means[:, 0], means[:, 1], marker="x", s=25, color="tab:red", label="modes")
+        ax.add_patch(
+            Circle(m, QUALITY_STDS * spec.std, fill=False, color="tab:red", lw=0.8, zorder=1)
+        )
+    ax.scatter(
+        means[:, 0], means[:, 1], marker="+", s=20, color="tab:red", lw=0.8, label="modes", zorder=2
+    )
+    ax.scatter(
+        x[:, 0], x[:, 1], s=4, alpha=0.6, color="tab:blue", label="generated", lw=0, zorder=3
+    )
     ax.set_xlim(-span, span)
     ax.set_ylim(-span, span)
     ax.set_aspect("equal")
@@ -41,6 +49,14 @@ def save_scatter(samples: Tensor, spec: MixtureSpec, path: str | Path, title: st
     ax.set_title((title + (f"  ({outside} outside view)" if outside else "")).strip(), fontsize=8)
     ax.legend(loc="upper right", fontsize=6, markerscale=2)
     fig.tight_layout()
+    return fig, ax
+
+
+def save_scatter(samples: Tensor, spec: MixtureSpec, path: str | Path, title: str = "") -> Path:
+    """Write ``scatter_figure(samples, spec, title)`` to ``path`` (PNG)."""
+    import matplotlib.pyplot as plt
+
+    fig, _ = scatter_figure(samples, spec, title)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

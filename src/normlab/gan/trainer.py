@@ -42,7 +42,7 @@ import json
 import math
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -191,7 +191,7 @@ class _Logger:
 
 
 def _write_metrics(
-    run: Path, status: str, step: int, final: dict, history: list, divergence
+    run: Path, status: str, step: int, final: dict, history: list, divergence, info=None
 ) -> None:
     body = {
         "status": status,
@@ -200,6 +200,8 @@ def _write_metrics(
         "history": history,
         "divergence": divergence,
     }
+    if info:  # FID/KID: their feature space and scale
+        body["metric_info"] = info
     atomic_write_text(run / METRICS_FILE, json.dumps(body, indent=1) + "\n")
 
 
@@ -278,7 +280,12 @@ def _agreed(ctx: distributed.Context) -> Iterator[None]:
 
 
 def train(
-    cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    stop: Callable[[], bool] | None = None,
 ) -> dict:
     """Train one GAN as ``cfg`` says, into the run folder ``out_dir``.
 
@@ -287,10 +294,15 @@ def train(
     Started by torchrun (``WORLD_SIZE`` > 1), the processes train one run together with
     DistributedDataParallel and rank 0 writes ``out_dir``.
 
-    Returns ``{"status": "finished" | "diverged", "metrics": {final metrics}, "wall_time":
-    seconds (all sessions of the run), "steps": steps done, "steps_per_sec": this session's
-    training speed, "divergence": None | {"step", "layer", "quantity", "value"}}`` (on ranks
-    other than 0, ``metrics`` is empty).
+    ``stop`` (e.g. ``threading.Event().is_set``, set by a signal handler) is asked after
+    every step: when it answers True the run writes a checkpoint at the step reached and
+    returns with status ``"interrupted"`` (resume it later with ``resume=True``). Under
+    torchrun it is not asked (the ranks would have to agree on the step).
+
+    Returns ``{"status": "finished" | "diverged" | "interrupted", "metrics": {final metrics},
+    "wall_time": seconds (all sessions of the run), "steps": steps done, "steps_per_sec":
+    this session's training speed, "divergence": None | {"step", "layer", "quantity",
+    "value"}}`` (on ranks other than 0, ``metrics`` is empty).
     """
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
@@ -298,7 +310,7 @@ def train(
     cfg = cfg.resolved()
     ctx = distributed.init(cfg.device)
     try:
-        return _train(cfg, Path(out_dir), ctx, resume, progress, t_start)
+        return _train(cfg, Path(out_dir), ctx, resume, progress, t_start, should_stop=stop)
     finally:
         distributed.teardown(ctx)
 
@@ -310,6 +322,7 @@ def _train(
     resume: bool,
     progress: bool,
     t_start: float,
+    should_stop: Callable[[], bool] | None = None,
 ) -> dict:
     main = ctx.is_main
     distributed.check_sync_bn(ctx, cfg.sync_bn)
@@ -327,6 +340,7 @@ def _train(
         if main:
             cfg = _check_folder(cfg, run, resume)
             evaluator.prepare()  # a bad inception_weights file fails here
+    info = evaluator.metric_info() if main else {}
     if main:
         run.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run / CONFIG_FILE, cfg.to_yaml())
@@ -559,7 +573,7 @@ def _train(
                 history.append({"step": step, **metrics})
                 logger.metrics(step, metrics)
                 _write_metrics(
-                    run, "finished" if final else "running", step, metrics, history, None
+                    run, "finished" if final else "running", step, metrics, history, None, info
                 )
             if main and (final or (cfg.sample_every and step % cfg.sample_every == 0)):
                 pictures(step, final)
@@ -567,6 +581,11 @@ def _train(
                 checkpoint(step)
             if bar is not None:
                 bar.update(1)
+            if should_stop and not ctx.distributed and step < cfg.steps and should_stop():
+                if not (cfg.ckpt_every and step % cfg.ckpt_every == 0):
+                    checkpoint(step)  # the step reached, unless just written
+                status = "interrupted"
+                break
     except Diverged as err:
         status = "diverged"
         divergence = err.info
@@ -592,12 +611,12 @@ def _train(
         history = list(ck["history"])
         final_metrics = evaluator(g_eval)
         final_metrics = {**final_metrics, "checkpoint_step": int(ck["step"])}
-        _write_metrics(run, "diverged", step, final_metrics, history, divergence)
+        _write_metrics(run, "diverged", step, final_metrics, history, divergence, info)
     elif main:
         final_metrics = history[-1] if history and history[-1]["step"] == cfg.steps else {}
         final_metrics = {k: v for k, v in final_metrics.items() if k != "step"}
         if start >= cfg.steps:  # nothing left to do: report what the run holds
-            _write_metrics(run, "finished", start, final_metrics, history, None)
+            _write_metrics(run, "finished", start, final_metrics, history, None, info)
     return {
         "status": status,
         "metrics": final_metrics,

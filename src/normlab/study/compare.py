@@ -10,6 +10,7 @@ Example::
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,11 +18,14 @@ from typing import Any
 from normlab.gan.config import TrainConfig
 from normlab.study.grid import RunSpec, build_grid
 from normlab.study.report import write_report, write_results
-from normlab.study.runner import run_grid
+from normlab.study.reuse import check_reuse, stored_config
+from normlab.study.runner import StudyInterrupted, run_grid
 
 
 def _record(spec: RunSpec, outcome: dict[str, Any]) -> dict[str, Any]:
-    cfg = spec.config.to_dict()
+    # What actually ran: the run folder's own config (a reused run keeps its log interval...).
+    stored = stored_config(spec.run_dir) if outcome["status"] != "failed" else None
+    cfg = (stored or spec.config).to_dict()
     return {
         "group": spec.group,
         "method": spec.method,
@@ -34,6 +38,7 @@ def _record(spec: RunSpec, outcome: dict[str, Any]) -> dict[str, Any]:
         "divergence": outcome.get("divergence"),
         "error": outcome.get("error"),
         "reused": outcome.get("reused", False),
+        "resumed": outcome.get("resumed", False),
         "run_dir": str(spec.run_dir),
         "hyperparameters": {k: cfg[k] for k in ("lr_d", "lr_g", "beta1", "beta2", "n_dis", "loss")},
         "config": cfg,
@@ -69,25 +74,42 @@ def run_study(
     workers: int | None = None,
     command: str = "normlab compare",
     on_result: Callable[[dict[str, Any]], None] | None = None,
+    stop: threading.Event | None = None,
+    rerun_changed: bool = False,
 ) -> list[dict[str, Any]]:
     """Run (or resume) the grid, write ``results.json`` after every run and the report at the end.
 
     Returns the records in grid order. ``on_result`` is called with each record as its
-    run ends (for progress display).
+    run ends (for progress display). Run folders are reused only for the settings they were
+    made with (``normlab.study.reuse``): a conflict raises ``ConfigMismatch`` before anything
+    trains, unless ``rerun_changed`` (those runs are deleted and train again). Setting
+    ``stop`` ends the runs under way at their next step; ``StudyInterrupted`` is then raised
+    after ``results.json`` is written (unfinished runs have status ``interrupted``).
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     runs = build_grid(base, methods, seeds, scales, out)
+    check_reuse(runs, rerun_changed=rerun_changed, out_dir=out)
+    out.mkdir(parents=True, exist_ok=True)
     order = {spec.run_dir: i for i, spec in enumerate(runs)}
     done: dict[Path, dict[str, Any]] = {}
     main_rank = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 writes
-    for spec, outcome in run_grid(runs, workers):
-        rec = _record(spec, outcome)
-        done[spec.run_dir] = rec
-        if main_rank:
-            write_results(sorted(done.values(), key=lambda r: order[Path(r["run_dir"])]), out)
-        if on_result is not None:
-            on_result(rec)
+    try:
+        for spec, outcome in run_grid(runs, workers, stop=stop):
+            rec = _record(spec, outcome)
+            done[spec.run_dir] = rec
+            if main_rank:
+                write_results(sorted(done.values(), key=lambda r: order[Path(r["run_dir"])]), out)
+            if on_result is not None:
+                on_result(rec)
+    except StudyInterrupted:
+        if main_rank:  # the runs never started are listed too
+            for spec in runs:
+                if spec.run_dir not in done:
+                    done[spec.run_dir] = _record(
+                        spec, {"status": "interrupted", "error": "not started"}
+                    )
+            write_results([done[spec.run_dir] for spec in runs], out)
+        raise
     records = [done[spec.run_dir] for spec in runs]
     if main_rank:
         write_results(records, out)

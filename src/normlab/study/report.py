@@ -3,8 +3,11 @@
 ``results.json`` holds one record per run: ``method``, ``group``, ``seed``, ``scale``, the
 hyper-parameters, ``status`` (finished / diverged / failed), final ``metrics`` under the
 names of ``normlab.metrics``, and ``wall_time``. ``report.md`` gives, per group, the mean,
-standard deviation and 95% t-interval of each metric over the runs that finished,
-the number that diverged or failed, the figures, and the command that reproduces it all.
+standard deviation and 95% bootstrap percentile interval of each metric over the runs that
+finished (``normlab.study.stats``; it stays inside the metric's range) with their number,
+the number that diverged or failed, a sentence when coverage and quality rank the groups
+differently, the feature space and scale of FID/KID, the figures, and the command that
+reproduces it all.
 """
 
 from __future__ import annotations
@@ -82,7 +85,7 @@ def summary_table(records: list[dict[str, Any]]) -> str:
             elif s.n == 1:
                 cells.append(f"{s.mean:.3g} (1 run)")
             else:
-                cells.append(f"{s.mean:.3g} ± {s.std:.2g} [{s.low:.3g}, {s.high:.3g}]")
+                cells.append(f"{s.mean:.3g} ± {s.std:.2g} [{s.low:.3g}, {s.high:.3g}] n={s.n}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -92,7 +95,7 @@ def console_table(records: list[dict[str, Any]]) -> str:
     groups = group_records(records)
     metrics = metric_names(records)
     width = max(8, *(len(g) for g in groups))
-    head = f"{'group':{width}s} {'runs':>4s} {'div':>3s} " + " ".join(f"{m:>18s}" for m in metrics)
+    head = f"{'group':{width}s} {'runs':>4s} {'div':>3s} " + " ".join(f"{m:>22s}" for m in metrics)
     lines = [head, "-" * len(head)]
     for label, recs in groups.items():
         ok = [r for r in recs if r["status"] == "finished"]
@@ -102,12 +105,13 @@ def console_table(records: list[dict[str, Any]]) -> str:
             cells.append(
                 "-"
                 if s is None
-                else (f"{s.mean:.3g}" if s.n == 1 else f"{s.mean:.3g} ± {s.std:.2g}")
+                else (f"{s.mean:.3g} n=1" if s.n == 1 else f"{s.mean:.3g} ± {s.std:.2g} n={s.n}")
             )
         bad = sum(r["status"] != "finished" for r in recs)
         lines.append(
-            f"{label:{width}s} {len(recs):4d} {bad:3d} " + " ".join(f"{c:>18s}" for c in cells)
+            f"{label:{width}s} {len(recs):4d} {bad:3d} " + " ".join(f"{c:>22s}" for c in cells)
         )
+    lines += [line for line in (tradeoff_note(records), image_metric_line(records)) if line]
     return "\n".join(lines)
 
 
@@ -137,12 +141,16 @@ def write_report(
         "",
         "## Results",
         "",
-        "Mean ± standard deviation over the runs that finished, with the 95% t-interval of the "
-        "mean in brackets. ↑/↓: the better direction. Diverged runs are counted, not averaged.",
+        "Mean ± standard deviation over the n runs that finished, with the 95% bootstrap "
+        "percentile interval of the mean in brackets (exact over every resample for n <= 8; it "
+        "stays within the values seen, hence within the metric's range, and with few runs it is "
+        "narrow: read it with n). ↑/↓: the better direction. Diverged runs are counted, not "
+        "averaged.",
         "",
         summary_table(records),
         "",
     ]
+    lines += [line + "\n" for line in (tradeoff_note(records), image_metric_line(records)) if line]
     failed = [r for r in records if r["status"] == "failed"]
     if failed:
         lines += ["### Failed runs", ""]
@@ -177,3 +185,55 @@ def write_report(
     path = out_dir / REPORT_FILE
     path.write_text("\n".join(lines))
     return path
+
+
+# -- notes under the tables: coverage against quality, FID/KID's feature space ----------------
+#: (coverage metric, quality metric) pairs: a collapsed generator scores well on the second.
+TRADEOFF_PAIRS = (("modes_covered", "high_quality_frac"), ("recall", "precision"))
+
+
+def _group_means(records: list[dict[str, Any]], metric: str) -> dict[str, float]:
+    means = {}
+    for label, recs in group_records(records).items():
+        s = summarize([r["metrics"].get(metric) for r in recs if r["status"] == "finished"])
+        if s is not None:
+            means[label] = s.mean
+    return means
+
+
+def tradeoff_note(records: list[dict[str, Any]]) -> str:
+    """A sentence when the group best on coverage is not the one best on quality (else "")."""
+    for cover, quality in TRADEOFF_PAIRS:
+        c, q = _group_means(records, cover), _group_means(records, quality)
+        both = [g for g in c if g in q]
+        if len(both) < 2:
+            continue
+        best_c = max(both, key=lambda g: c[g])
+        best_q = max(both, key=lambda g: q[g])
+        if c[best_q] >= c[best_c]:  # the best on quality also covers the most: no conflict
+            continue
+        return (
+            f"Coverage and quality disagree: {best_q} has the highest {quality} "
+            f"({q[best_q]:.3g}) but covers less ({cover} {c[best_q]:.3g}) than {best_c} "
+            f"({c[best_c]:.3g}, {quality} {q[best_c]:.3g}). A generator that collapses onto a "
+            f"few modes puts its samples there accurately, so {quality} rewards it; judge the "
+            f"groups on {cover} and {quality} together."
+        )
+    return ""
+
+
+def image_metric_line(records: list[dict[str, Any]]) -> str:
+    """FID/KID's feature space and scale as the runs' metrics.json state them (else "")."""
+    from normlab.gan.evaluate import image_metric_note
+
+    if not any(k in r.get("metrics", {}) for r in records for k in ("fid", "kid")):
+        return ""
+    for r in records:
+        try:
+            stored = json.loads((Path(r["run_dir"]) / "metrics.json").read_text())
+        except (OSError, ValueError, KeyError):
+            continue
+        note = image_metric_note(stored.get("metric_info") or {})
+        if note:
+            return note[0].upper() + note[1:] + "."
+    return "fid and kid: feature space unknown (runs from before metric_info was recorded)."
