@@ -180,23 +180,12 @@ def _plain_grad_norms(D: nn.Module, x: torch.Tensor) -> dict[str, float]:
     }
 
 
-#: Today's reparam keeps a weight computed by a forward whose backward did not reach it (an
-#: input-gradient pass) and hands that weight, made before the Monitor hooked the layer, to the
-#: next forward: its backward never calls the Monitor's hook. Issue 15 removes that cache.
-_STALE_CACHE = pytest.mark.xfail(
-    hasattr(nl.reparam, "set_weight_cache"),
-    reason="reparam's weight cache reuses a weight computed before the Monitor existed",
-    strict=True,
-)
-
-
 @pytest.mark.parametrize("before", ["nothing", "input_gradient_norm", "forward"])
 @pytest.mark.parametrize("method", ["none", "sn", "bssn", "wn", "eqlr"])
-def test_records_the_gradient_of_its_step_whatever_ran_before(
-    method: str, before: str, request: pytest.FixtureRequest
-) -> None:
-    if method != "none" and before != "nothing":
-        request.applymarker(_STALE_CACHE)
+def test_records_the_gradient_of_its_step_whatever_ran_before(method: str, before: str) -> None:
+    """Was a bug: reparam cached a weight computed by an input-gradient pass (or a dropped
+    forward) before the Monitor hooked the layer, and the next forward reused it, so the
+    Monitor's hook never fired and the first record's weight_grad_norm was 0.0."""
     D = small_d(method)
     x = torch.randn(8, 1, 8, 8)
     if before == "input_gradient_norm":  # the issue's case, D in training mode
