@@ -13,6 +13,8 @@ import os
 import shlex
 import sys
 
+from normlab.cli import _launch
+
 DEFAULT_METHODS = "none,sn,bssn,eqlr,wn"
 
 
@@ -46,6 +48,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--inception-weights", default=None, help="pytorch-fid Inception weights file")
     p.add_argument("--out", default=None, help="study folder (default runs/compare-<data>)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _launch.add_arguments(p)  # --launcher slurm|submitit-local, --collect
     p.set_defaults(func=run)
 
 
@@ -90,6 +93,9 @@ def run(args: argparse.Namespace) -> int:
     command = (
         "normlab " + shlex.join(sys.argv[1:]) if "compare" in sys.argv[1:2] else "normlab compare"
     )
+    if args.collect:
+        return _launch.collect(args, base, methods, seeds, scales, out, command)
+    launch = _launch.launcher_for(args, base, out)
     print(f"{n_runs} runs ({', '.join(methods)} x {args.seeds} seeds) -> {out}")
     bar = tqdm(total=n_runs, unit="run", disable=args.no_progress, dynamic_ncols=True)
 
@@ -108,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
             workers=args.workers,
             command=command,
             on_result=on_result,
+            launch=launch,
         )
     finally:
         bar.close()

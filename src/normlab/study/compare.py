@@ -10,7 +10,7 @@ Example::
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,8 @@ def _record(spec: RunSpec, outcome: dict[str, Any]) -> dict[str, Any]:
         "run_dir": str(spec.run_dir),
         "hyperparameters": {k: cfg[k] for k in ("lr_d", "lr_g", "beta1", "beta2", "n_dis", "loss")},
         "config": cfg,
+        # Launched as jobs (normlab.study.launchers): how many jobs the run took, the last one.
+        **{k: outcome[k] for k in ("attempts", "job_id") if k in outcome},
     }
 
 
@@ -69,11 +71,13 @@ def run_study(
     workers: int | None = None,
     command: str = "normlab compare",
     on_result: Callable[[dict[str, Any]], None] | None = None,
+    launch: Callable[[list[RunSpec]], Iterator[tuple[RunSpec, dict[str, Any]]]] | None = None,
 ) -> list[dict[str, Any]]:
     """Run (or resume) the grid, write ``results.json`` after every run and the report at the end.
 
     Returns the records in grid order. ``on_result`` is called with each record as its
-    run ends (for progress display).
+    run ends (for progress display). ``launch`` runs the grid instead of the local process
+    pool (e.g. ``normlab.study.launchers.Launcher(...).run``: SLURM jobs).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -81,7 +85,8 @@ def run_study(
     order = {spec.run_dir: i for i, spec in enumerate(runs)}
     done: dict[Path, dict[str, Any]] = {}
     main_rank = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 writes
-    for spec, outcome in run_grid(runs, workers):
+    outcomes = run_grid(runs, workers) if launch is None else launch(runs)
+    for spec, outcome in outcomes:
         rec = _record(spec, outcome)
         done[spec.run_dir] = rec
         if main_rank:

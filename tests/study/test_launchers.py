@@ -1,0 +1,310 @@
+"""Studies launched as submitit jobs: the grid through submitit's local executor, finished runs
+skipped, a killed job resubmitted and resumed bit for bit, --collect, the SLURM job array's
+options (through stand-in sbatch/sacct commands) and the error when the extra is missing."""
+
+import json
+import os
+import signal
+import stat
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from normlab.cli import main
+from normlab.gan.config import TrainConfig
+from normlab.gan.trainer import train
+from normlab.study.collect import collect_study
+from normlab.study.compare import run_study
+from normlab.study.grid import build_grid
+from normlab.study.launchers import (
+    STATE_FILE,
+    Launcher,
+    LaunchOptions,
+    MissingExtraError,
+    parse_slurm_args,
+    require_submitit,
+)
+
+pytest.importorskip("submitit")
+
+#: Long enough (120 steps) that a job can be killed after its first checkpoint (step 10) and
+#: before its end; metrics only at the end, on few samples.
+CFG = TrainConfig(
+    data="ring8",
+    steps=120,
+    width=8,
+    log_every=40,
+    eval_every=0,
+    ckpt_every=10,
+    eval_samples=500,
+)
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(c) for c in text.split()]
+
+
+def _kill_job_after_first_checkpoint(out: Path, key: str, run_dir: Path, done: list) -> None:
+    """Watcher thread: once ``run_dir`` holds a checkpoint past step 0, SIGKILL the training
+    process of the job that launcher.json names for ``key`` (the child of submitit's local
+    controller), as the OOM killer or a node failure would."""
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        ckpts = sorted((run_dir / "checkpoints").glob("step_*.pt"))
+        if any(int(p.stem.split("_")[1]) > 0 for p in ckpts):
+            try:
+                entry = json.loads((out / STATE_FILE).read_text())["runs"][key]
+            except (OSError, KeyError, json.JSONDecodeError):
+                entry = None
+            if entry is not None:
+                for child in _children(int(entry["jobs"][-1])):
+                    os.kill(child, signal.SIGKILL)
+                    done.append(child)
+                return
+        time.sleep(0.005)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """One study of two runs through submitit-local; the sn run's job is killed mid-way."""
+    out = tmp_path_factory.mktemp("launched") / "study"
+    runs = build_grid(CFG, ["none", "sn"], [0], None, out)
+    victim = runs[1]
+    killed: list[int] = []
+    watcher = threading.Thread(
+        target=_kill_job_after_first_checkpoint,
+        args=(out, "runs/sn/seed0", victim.run_dir, killed),
+        daemon=True,
+    )
+    watcher.start()
+    opts = LaunchOptions("submitit-local", parallel=2, retries=1, poll_s=0.2)
+    records = run_study(CFG, ["none", "sn"], [0], out, launch=Launcher(opts, out).run)
+    watcher.join(timeout=5)
+    return out, runs, records, killed
+
+
+@pytest.mark.slow
+def test_grid_runs_as_local_jobs_and_reports(study):
+    out, _, records, _ = study
+    assert [(r["method"], r["seed"], r["status"]) for r in records] == [
+        ("none", 0, "finished"),
+        ("sn", 0, "finished"),
+    ]
+    for r in records:
+        assert r["steps"] == CFG.steps
+        assert set(r["metrics"]) == {"modes_covered", "high_quality_frac", "reverse_kl"}
+        assert r["job_id"] and Path(out, "jobs", r["job_id"]).is_dir()
+    assert records[0]["attempts"] == 1
+    stored = json.loads((out / "results.json").read_text())
+    assert [r["metrics"] for r in stored] == [r["metrics"] for r in records]
+    assert "| sn | 1 | 0 | 0 |" in (out / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_killed_job_is_resubmitted_and_resumes_bit_for_bit(study, tmp_path):
+    """The killed run took a second job that resumed from its checkpoint, and ends with the
+    weights of the same run trained in one go in this process."""
+    out, runs, records, killed = study
+    assert killed, "the watcher never found the job's process to kill"
+    sn = records[1]
+    assert sn["attempts"] == 2
+    book = json.loads((out / STATE_FILE).read_text())["runs"]["runs/sn/seed0"]
+    assert len(book["jobs"]) == 2 and "without a result" in book["errors"][0]
+    # The second job resumed: its log continues after the checkpoint (steps it had done).
+    ref_dir = tmp_path / "reference"
+    train(runs[1].config, ref_dir, progress=False)
+    final = f"step_{CFG.steps:08d}.pt"
+    ours = torch.load(runs[1].run_dir / "checkpoints" / final, weights_only=True)
+    ref = torch.load(ref_dir / "checkpoints" / final, weights_only=True)
+    for net in ("G", "D"):
+        assert ours[net].keys() == ref[net].keys()
+        for k in ref[net]:
+            assert torch.equal(ours[net][k], ref[net][k]), f"{net}.{k}"
+
+
+@pytest.mark.slow
+def test_rerun_skips_finished_runs(study):
+    out, runs, records, _ = study
+    before = json.loads((out / STATE_FILE).read_text())
+    jobs_before = sorted(p.name for p in (out / "jobs").iterdir())
+    opts = LaunchOptions("submitit-local", parallel=2, poll_s=0.2)
+    again = list(Launcher(opts, out).run(runs))
+    assert [s.run_dir for s, _ in again] == [s.run_dir for s in runs]
+    assert all(o["reused"] for _, o in again)
+    assert [o["metrics"] for _, o in again] == [r["metrics"] for r in records]
+    assert json.loads((out / STATE_FILE).read_text()) == before
+    assert sorted(p.name for p in (out / "jobs").iterdir()) == jobs_before
+
+
+@pytest.mark.slow
+def test_collect_reports_what_has_ended(study, capsys):
+    """A grid of two seeds where only seed 0 ran: the report holds seed 0 and names the rest."""
+    out, _, records, _ = study
+    (out / "report.md").unlink()
+    (out / "results.json").unlink()
+    args = ["compare", "--collect", "--methods", "none,sn", "--seeds", "2", "--out", str(out)]
+    args += ["--steps", str(CFG.steps), "--set", "width=8"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "2 run(s) not finished yet: none seed 1, sn seed 1" in printed
+    collected = json.loads((out / "results.json").read_text())
+    assert [(r["method"], r["seed"]) for r in collected] == [("none", 0), ("sn", 0)]
+    assert [r["metrics"] for r in collected] == [r["metrics"] for r in records]
+    report = (out / "report.md").read_text()
+    assert "2 of 4 runs have not finished yet: none seed 1, sn seed 1." in report
+
+
+def test_collect_of_nothing_says_so(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no run of this grid has ended"):
+        collect_study(CFG, ["sn"], [0], tmp_path)
+
+
+@pytest.mark.slow
+def test_collect_counts_a_run_the_launcher_gave_up_on_as_failed(tmp_path):
+    out = tmp_path
+    none, _ = build_grid(CFG.replace(steps=4), ["none", "sn"], [0], None, out)
+    train(none.config, none.run_dir, progress=False)
+    (out / STATE_FILE).write_text(
+        json.dumps(
+            {
+                "runs": {
+                    "runs/sn/seed0": {
+                        "jobs": ["1", "2"],
+                        "attempts": 2,
+                        "status": "failed",
+                        "errors": ["job 1 ended without a result", "job 2 ended without a result"],
+                    }
+                }
+            }
+        )
+    )
+    records, missing = collect_study(CFG.replace(steps=4), ["none", "sn"], [0], out)
+    assert [r["status"] for r in records] == ["finished", "failed"]
+    assert not missing
+    assert "sn seed 0: job 2 ended without a result" in (out / "report.md").read_text()
+
+
+def test_missing_extra_gives_a_clear_error(monkeypatch, capsys, tmp_path):
+    """With submitit unimportable (sys.modules entry None), the launcher and the command say
+    which extra to install."""
+    monkeypatch.setitem(sys.modules, "submitit", None)
+    with pytest.raises(MissingExtraError, match=r"pip install 'normlab\[cluster\]'"):
+        require_submitit()
+    code = main(
+        [
+            *("compare", "--launcher", "submitit-local", "--methods", "sn", "--seeds", "1"),
+            *("--out", str(tmp_path / "s"), "--no-progress"),
+        ]
+    )
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "submitit" in err and "normlab[cluster]" in err
+    assert not (tmp_path / "s" / "runs").exists()
+
+
+def test_bad_launcher_options():
+    with pytest.raises(ValueError, match="key=value"):
+        parse_slurm_args(["account"])
+    with pytest.raises(ValueError, match="retries must be at least 0"):
+        LaunchOptions("slurm", retries=-1)
+    with pytest.raises(ValueError, match="cannot differ"):
+        LaunchOptions("slurm", gpus_per_run=2, ranks_per_run=3)
+    with pytest.raises(ValueError, match="does not submit jobs"):
+        LaunchOptions("processes")
+    with pytest.raises(ValueError, match="set by its own option"):
+        LaunchOptions("slurm", slurm_args={"time": "60"}).executor_parameters()
+    with pytest.raises(ValueError, match="mem_gb"):
+        LaunchOptions("slurm", slurm_args={"mem_gb": "lots"}).executor_parameters()
+
+
+def test_gpus_without_cuda_device_and_slurm_flags_without_slurm_are_refused(capsys, tmp_path):
+    base = ["compare", "--methods", "sn", "--seeds", "1", "--out", str(tmp_path), "--no-progress"]
+    assert main([*base, "--launcher", "slurm", "--slurm-gpus-per-run", "2"]) == 1
+    assert "--set device=cuda" in capsys.readouterr().err
+    assert main([*base, "--slurm-partition", "gpu"]) == 1
+    assert "only apply to --launcher slurm" in capsys.readouterr().err
+
+
+def _fake_slurm(bin_dir: Path, log: Path) -> None:
+    """Stand-ins for srun (only looked up), sbatch (records the script, answers a new job id)
+    and sacct (every job FAILED)."""
+    scripts = {
+        "srun": "#!/bin/sh\nexit 0\n",
+        "sbatch": (
+            "#!/bin/sh\n"
+            f'n=$(ls "{log}" 2>/dev/null | wc -l)\n'
+            f'mkdir -p "{log}"\ncp "$1" "{log}/sbatch_$n.sh"\n'
+            'echo "Submitted batch job $((4200 + n))"\n'
+        ),
+        "sacct": (
+            "#!/bin/sh\n"
+            'echo "JobID|State|NodeList"\n'
+            'for j in "$@"; do case "$j" in -*) ;; *) for t in 0 1; do '
+            'echo "${j}_${t}|FAILED|node1"; done;; esac; done\n'
+        ),
+    }
+    bin_dir.mkdir()
+    for name, text in scripts.items():
+        path = bin_dir / name
+        path.write_text(text)
+        path.chmod(path.stat().st_mode | stat.S_IEXEC)
+
+
+def test_slurm_launcher_submits_one_array_with_the_options_and_resubmits(tmp_path, monkeypatch):
+    """Through stand-in SLURM commands: the grid goes out as one job array carrying the
+    partition, GPUs (one task each), time limit, array limit and free-form options; each job
+    that fails is submitted again (one more array), then recorded failed."""
+    import normlab.study.launchers as launchers
+
+    _fake_slurm(tmp_path / "bin", tmp_path / "submitted")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    monkeypatch.setattr(
+        launchers, "_outcome", lambda job: {"status": "failed", "metrics": {}, "error": "boom"}
+    )
+    out = tmp_path / "study"
+    runs = build_grid(CFG.replace(device="cuda"), ["sn", "bssn"], [0], None, out)
+    opts = LaunchOptions(
+        "slurm",
+        partition="gpu",
+        gpus_per_run=2,
+        time_min=720,
+        retries=1,
+        parallel=2,
+        poll_s=0.01,
+        slurm_args=parse_slurm_args(
+            ["mem_gb=32", "account=lab", "setup=module load cuda", "reservation=gan"]
+        ),
+    )
+    outcomes = list(Launcher(opts, out).run(runs))
+    assert [(s.method, o["status"], o["attempts"]) for s, o in outcomes] == [
+        ("sn", "failed", 2),
+        ("bssn", "failed", 2),
+    ]
+    scripts = sorted((tmp_path / "submitted").iterdir())
+    assert len(scripts) == 2  # the array, then the array of resubmissions
+    text = scripts[0].read_text()
+    for line in (
+        "#SBATCH --array=0-1%2",
+        "#SBATCH --partition=gpu",
+        "#SBATCH --gpus-per-node=2",
+        "#SBATCH --ntasks-per-node=2",
+        "#SBATCH --nodes=1",
+        "#SBATCH --time=720",
+        "#SBATCH --mem=32GB",
+        "#SBATCH --account=lab",
+        "#SBATCH --reservation=gan",
+        "#SBATCH --signal=USR2@90",
+        "module load cuda",
+    ):
+        assert line in text, line
+    book = json.loads((out / STATE_FILE).read_text())["runs"]
+    assert book["runs/sn/seed0"]["jobs"] == ["4200_0", "4201_0"]
+    assert book["runs/bssn/seed0"]["jobs"] == ["4200_1", "4201_1"]
