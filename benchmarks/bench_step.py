@@ -127,8 +127,17 @@ class Stepper:
     """One method's networks, optimizers and batch; ``step()`` runs one training step."""
 
     def __init__(
-        self, method: str, batch: int, resolution: int, full: bool, twin_of: Stepper | None = None
+        self,
+        method: str,
+        batch: int,
+        resolution: int,
+        full: bool,
+        twin_of: Stepper | None = None,
+        device: str | torch.device = "cpu",
     ) -> None:
+        self.device = torch.device(device)
+        #: On CUDA, wait for the device before each time mark (off: a step with no host sync).
+        self.sync = self.device.type == "cuda"
         if twin_of is None:
             self.d = build(method, resolution)
             self.g = build_generator(method, resolution) if full else None
@@ -142,6 +151,11 @@ class Stepper:
                 else bake_into(twin_of.g, build_generator("none", resolution))
             )
             self.real, self.fake = twin_of.real, twin_of.fake
+        # Built and drawn on the CPU (the same values on every device), then moved.
+        self.d = self.d.to(self.device)
+        self.g = None if self.g is None else self.g.to(self.device)
+        self.real = self.real.to(self.device)
+        self.fake = None if self.fake is None else self.fake.to(self.device)
         self.batch, self.resolution = batch, resolution
         self.opt_d = torch.optim.Adam(self.d.parameters(), lr=2e-4, betas=(0.5, 0.999))
         self.opt_g = (
@@ -153,33 +167,46 @@ class Stepper:
 
     def twin(self) -> Stepper:
         """The same networks with the reparameterization baked into plain weights."""
-        return Stepper("none", self.batch, self.resolution, self.g is not None, twin_of=self)
+        return Stepper(
+            "none",
+            self.batch,
+            self.resolution,
+            self.g is not None,
+            twin_of=self,
+            device=self.device,
+        )
+
+    def _mark(self) -> float:
+        if self.sync:
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
 
     def step(self) -> None:
         """One step; ``self.parts`` then holds the seconds of its parts (see ``PARTS``)."""
         d, opt_d = self.d, self.opt_d
-        gen = torch.Generator().manual_seed(self.seed)
+        dev = self.device
+        gen = torch.Generator(device=dev).manual_seed(self.seed)
         self.seed += 1
-        marks = [time.perf_counter()]
+        marks = [self._mark()]
         if self.g is None:
             fake = self.fake
         else:
             with torch.no_grad():
-                fake = self.g(torch.randn(self.batch, 128, generator=gen))
-            marks.append(time.perf_counter())
+                fake = self.g(torch.randn(self.batch, 128, generator=gen, device=dev))
+            marks.append(self._mark())
         opt_d.zero_grad(set_to_none=True)
         (F.relu(1 - d(self.real)).mean() + F.relu(1 + d(fake)).mean()).backward()
         opt_d.step()
-        marks.append(time.perf_counter())
+        marks.append(self._mark())
         if self.g is not None:  # the G update through a frozen D in eval mode, as the trainer
             self.opt_g.zero_grad(set_to_none=True)
             d.eval()
             d.requires_grad_(False)
-            (-d(self.g(torch.randn(self.batch, 128, generator=gen)))).mean().backward()
+            (-d(self.g(torch.randn(self.batch, 128, generator=gen, device=dev)))).mean().backward()
             d.requires_grad_(True)
             d.train()
             self.opt_g.step()
-            marks.append(time.perf_counter())
+            marks.append(self._mark())
         self.parts = [b - a for a, b in itertools.pairwise(marks)]
 
     def persistent_bytes(self) -> int:
@@ -309,19 +336,26 @@ def interleaved(
 
 
 def measure(
-    methods: list[str], batch: int, steps: int, warmup: int, resolution: int, full: bool = False
+    methods: list[str],
+    batch: int,
+    steps: int,
+    warmup: int,
+    resolution: int,
+    full: bool = False,
+    device: str = "cpu",
 ) -> tuple[dict, dict, dict, dict, dict]:
     """Each method interleaved with its baked twin, one step of each per round.
 
     Returns ``(method -> median seconds, method -> its twin's median seconds,
     method -> median over rounds of the method's time / the twin's, method -> that
     median's 95% confidence interval, method -> per part of the step (``PARTS``) the
-    median over rounds of the method's seconds minus the twin's)``.
+    median over rounds of the method's seconds minus the twin's)``. The networks train on
+    ``device`` (on CUDA every time mark waits for the device).
     """
     med, base, ratio, interval, extra = {}, {}, {}, {}, {}
     for m in methods:
         torch.manual_seed(0)
-        first = Stepper(m, batch, resolution, full)
+        first = Stepper(m, batch, resolution, full, device=device)
         times, parts = interleaved({m: first, "twin": first.twin()}, steps, warmup)
         med[m] = statistics.median(times[m])
         base[m] = statistics.median(times["twin"])
