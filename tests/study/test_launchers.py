@@ -347,3 +347,38 @@ def test_a_run_of_several_ranks_trains_with_ddp_inside_one_job(tmp_path):
                 torch.testing.assert_close(
                     ours[net][k], ref[net][k], rtol=1e-4, atol=1e-5, msg=f"{net}.{k}"
                 )
+
+
+def _readme_commands(marker: str) -> list[list[str]]:
+    """The ``normlab compare`` commands of the README's SLURM section containing ``marker``."""
+    import re
+    import shlex
+
+    readme = Path(__file__).resolve().parents[2] / "README.md"
+    section = readme.read_text().split("## Studies on a SLURM cluster")[1].split("\n## ")[0]
+    block = re.findall(r"```\n(.*?)```", section, re.S)[0].replace("\\\n", " ")
+    lines = [ln.split("#")[0] for ln in block.splitlines() if ln.startswith("normlab compare")]
+    return [shlex.split(ln)[1:] for ln in lines if marker in ln]
+
+
+def test_readme_slurm_commands_parse_into_the_jobs_they_describe(tmp_path, monkeypatch):
+    from normlab.cli import _launch, build_parser
+    from normlab.cli.compare import base_config
+
+    _fake_slurm(tmp_path / "bin", tmp_path / "submitted")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])  # configs/ of the README
+    (slurm,) = _readme_commands("--launcher slurm")
+    args = build_parser().parse_args(slurm)
+    base = base_config(args)
+    launch = _launch.launcher_for(args, base, tmp_path / "study")
+    params = launch.__self__.options.executor_parameters()
+    assert params["gpus_per_node"] == params["tasks_per_node"] == 2
+    assert params["timeout_min"] == 720 and params["slurm_partition"] == "gpu"
+    assert params["slurm_array_parallelism"] == 20 and params["cpus_per_task"] == 8
+    assert params["slurm_setup"] == ["source /shared/venvs/normlab/bin/activate"]
+    assert base.device == "cuda" and base.arch == "cnn"
+    (collect,) = _readme_commands("--collect")
+    cargs = build_parser().parse_args(collect)
+    assert cargs.collect and base_config(cargs) == base
+    assert (cargs.methods, cargs.scale, cargs.seeds) == (args.methods, args.scale, args.seeds)
