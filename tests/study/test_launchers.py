@@ -233,9 +233,13 @@ def test_gpus_without_cuda_device_and_slurm_flags_without_slurm_are_refused(caps
     assert "only apply to --launcher slurm" in capsys.readouterr().err
 
 
-def _fake_slurm(bin_dir: Path, log: Path) -> None:
+def _fake_slurm(bin_dir: Path, log: Path, state: Path | None = None) -> None:
     """Stand-ins for srun (only looked up), sbatch (records the script, answers a new job id)
-    and sacct (every job FAILED)."""
+    and sacct (every job in the state written in ``state``, or FAILED)."""
+    import submitit
+
+    submitit.SlurmJob.watcher.clear()  # the job states sacct gave earlier tests (class-wide)
+    st = f'$(cat "{state}")' if state is not None else "FAILED"
     scripts = {
         "srun": "#!/bin/sh\nexit 0\n",
         "sbatch": (
@@ -247,8 +251,10 @@ def _fake_slurm(bin_dir: Path, log: Path) -> None:
         "sacct": (
             "#!/bin/sh\n"
             'echo "JobID|State|NodeList"\n'
-            'for j in "$@"; do case "$j" in -*) ;; *) for t in 0 1; do '
-            'echo "${j}_${t}|FAILED|node1"; done;; esac; done\n'
+            'for j in "$@"; do case "$j" in -*|*,*) ;; *) echo "${j}|'
+            + st
+            + '|node1"; for t in 0 1; do '
+            f'echo "${{j}}_${{t}}|{st}|node1"; done;; esac; done\n'
         ),
     }
     bin_dir.mkdir()
@@ -382,3 +388,33 @@ def test_readme_slurm_commands_parse_into_the_jobs_they_describe(tmp_path, monke
     cargs = build_parser().parse_args(collect)
     assert cargs.collect and base_config(cargs) == base
     assert (cargs.methods, cargs.scale, cargs.seeds) == (args.methods, args.scale, args.seeds)
+
+
+def test_a_rerun_waits_for_slurm_jobs_still_queued_instead_of_submitting_again(
+    tmp_path, monkeypatch
+):
+    """launcher.json names a job of an earlier invocation for one run; sacct says it is
+    RUNNING: that run is awaited, not resubmitted (only the other run is submitted), and both
+    end when their jobs complete."""
+    import normlab.study.launchers as launchers
+
+    state = tmp_path / "state"
+    state.write_text("RUNNING")
+    _fake_slurm(tmp_path / "bin", tmp_path / "submitted", state)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    monkeypatch.setattr(launchers, "_outcome", lambda job: {"status": "finished", "metrics": {}})
+    out = tmp_path / "study"
+    out.mkdir()
+    earlier = {"runs/sn/seed0": {"jobs": ["4300_0"], "attempts": 1, "status": "submitted"}}
+    (out / STATE_FILE).write_text(json.dumps({"runs": earlier}))
+    runs = build_grid(CFG, ["sn", "bssn"], [0], None, out)
+    threading.Timer(1.0, state.write_text, args=("COMPLETED",)).start()
+    opts = LaunchOptions("slurm", gpus_per_run=0, poll_s=0.1)
+    outcomes = {s.method: o for s, o in Launcher(opts, out).run(runs)}
+    assert outcomes["sn"]["job_id"] == "4300_0" and outcomes["sn"]["attempts"] == 1
+    # A batch of one job is submitted as a plain job (no array): id 4200.
+    assert outcomes["bssn"]["job_id"] == "4200" and outcomes["bssn"]["attempts"] == 1
+    assert len(list((tmp_path / "submitted").iterdir())) == 1  # bssn's job alone
+    book = json.loads((out / STATE_FILE).read_text())["runs"]
+    assert book["runs/sn/seed0"]["jobs"] == ["4300_0"]
+    assert book["runs/sn/seed0"]["status"] == book["runs/bssn/seed0"]["status"] == "finished"
