@@ -52,10 +52,13 @@ def _children(pid: int) -> list[int]:
     return [int(c) for c in text.split()]
 
 
-def _kill_job_after_first_checkpoint(out: Path, key: str, run_dir: Path, done: list) -> None:
-    """Watcher thread: once ``run_dir`` holds a checkpoint past step 0, SIGKILL the training
-    process of the job that launcher.json names for ``key`` (the child of submitit's local
-    controller), as the OOM killer or a node failure would."""
+def _signal_job_after_first_checkpoint(
+    out: Path, key: str, run_dir: Path, done: list, sig: int
+) -> None:
+    """Watcher thread: once ``run_dir`` holds a checkpoint past step 0, send ``sig`` to the
+    training process of the job that launcher.json names for ``key`` (the child of submitit's
+    local controller): SIGKILL as the OOM killer or a node failure would, SIGUSR2 as SLURM
+    does before a time limit or a pre-emption."""
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         ckpts = sorted((run_dir / "checkpoints").glob("step_*.pt"))
@@ -66,7 +69,7 @@ def _kill_job_after_first_checkpoint(out: Path, key: str, run_dir: Path, done: l
                 entry = None
             if entry is not None:
                 for child in _children(int(entry["jobs"][-1])):
-                    os.kill(child, signal.SIGKILL)
+                    os.kill(child, sig)
                     done.append(child)
                 return
         time.sleep(0.005)
@@ -74,26 +77,35 @@ def _kill_job_after_first_checkpoint(out: Path, key: str, run_dir: Path, done: l
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
-    """One study of two runs through submitit-local; the sn run's job is killed mid-way."""
+    """One study of two runs through submitit-local; the none run's job is signalled as if
+    pre-empted, the sn run's job is killed, both after their first checkpoint."""
     out = tmp_path_factory.mktemp("launched") / "study"
     runs = build_grid(CFG, ["none", "sn"], [0], None, out)
-    victim = runs[1]
+    preempted: list[int] = []
     killed: list[int] = []
-    watcher = threading.Thread(
-        target=_kill_job_after_first_checkpoint,
-        args=(out, "runs/sn/seed0", victim.run_dir, killed),
-        daemon=True,
-    )
-    watcher.start()
+    watchers = [
+        threading.Thread(
+            target=_signal_job_after_first_checkpoint,
+            args=(out, f"runs/{spec.method}/seed0", spec.run_dir, done, sig),
+            daemon=True,
+        )
+        for spec, done, sig in (
+            (runs[0], preempted, signal.SIGUSR2),
+            (runs[1], killed, signal.SIGKILL),
+        )
+    ]
+    for w in watchers:
+        w.start()
     opts = LaunchOptions("submitit-local", parallel=2, retries=1, poll_s=0.2)
     records = run_study(CFG, ["none", "sn"], [0], out, launch=Launcher(opts, out).run)
-    watcher.join(timeout=5)
-    return out, runs, records, killed
+    for w in watchers:
+        w.join(timeout=5)
+    return out, runs, records, killed, preempted
 
 
 @pytest.mark.slow
 def test_grid_runs_as_local_jobs_and_reports(study):
-    out, _, records, _ = study
+    out, _, records, *_ = study
     assert [(r["method"], r["seed"], r["status"]) for r in records] == [
         ("none", 0, "finished"),
         ("sn", 0, "finished"),
@@ -102,7 +114,6 @@ def test_grid_runs_as_local_jobs_and_reports(study):
         assert r["steps"] == CFG.steps
         assert set(r["metrics"]) == {"modes_covered", "high_quality_frac", "reverse_kl"}
         assert r["job_id"] and Path(out, "jobs", r["job_id"]).is_dir()
-    assert records[0]["attempts"] == 1
     stored = json.loads((out / "results.json").read_text())
     assert [r["metrics"] for r in stored] == [r["metrics"] for r in records]
     assert "| sn | 1 | 0 | 0 |" in (out / "report.md").read_text()
@@ -112,17 +123,20 @@ def test_grid_runs_as_local_jobs_and_reports(study):
 def test_killed_job_is_resubmitted_and_resumes_bit_for_bit(study, tmp_path):
     """The killed run took a second job that resumed from its checkpoint, and ends with the
     weights of the same run trained in one go in this process."""
-    out, runs, records, killed = study
+    out, runs, records, killed, _ = study
     assert killed, "the watcher never found the job's process to kill"
     sn = records[1]
-    assert sn["attempts"] == 2
+    assert sn["status"] == "finished" and sn["attempts"] == 2
     book = json.loads((out / STATE_FILE).read_text())["runs"]["runs/sn/seed0"]
     assert len(book["jobs"]) == 2 and "without a result" in book["errors"][0]
-    # The second job resumed: its log continues after the checkpoint (steps it had done).
-    ref_dir = tmp_path / "reference"
-    train(runs[1].config, ref_dir, progress=False)
+    assert sn["job_id"] == book["jobs"][1]
+    train(runs[1].config, tmp_path / "reference", progress=False)
+    _assert_same_final_weights(runs[1].run_dir, tmp_path / "reference")
+
+
+def _assert_same_final_weights(run_dir: Path, ref_dir: Path) -> None:
     final = f"step_{CFG.steps:08d}.pt"
-    ours = torch.load(runs[1].run_dir / "checkpoints" / final, weights_only=True)
+    ours = torch.load(run_dir / "checkpoints" / final, weights_only=True)
     ref = torch.load(ref_dir / "checkpoints" / final, weights_only=True)
     for net in ("G", "D"):
         assert ours[net].keys() == ref[net].keys()
@@ -131,8 +145,23 @@ def test_killed_job_is_resubmitted_and_resumes_bit_for_bit(study, tmp_path):
 
 
 @pytest.mark.slow
+def test_preempted_job_is_requeued_and_resumes_bit_for_bit(study, tmp_path):
+    """SIGUSR2 (SLURM's warning before a time limit or pre-emption): submitit calls
+    RunJob.checkpoint and requeues the same job, which resumes from the run's checkpoint and
+    ends with the weights of an uninterrupted run."""
+    out, runs, records, _, preempted = study
+    assert preempted, "the watcher never found the job's process to signal"
+    none = records[0]
+    assert none["status"] == "finished" and none["attempts"] == 1  # requeued, not resubmitted
+    logs = "".join(p.read_text() for p in (out / "jobs" / none["job_id"]).glob("*_log.*"))
+    assert "Requeued job" in logs and logs.count("Starting with JobEnvironment") == 2
+    train(runs[0].config, tmp_path / "reference", progress=False)
+    _assert_same_final_weights(runs[0].run_dir, tmp_path / "reference")
+
+
+@pytest.mark.slow
 def test_rerun_skips_finished_runs(study):
-    out, runs, records, _ = study
+    out, runs, records, *_ = study
     before = json.loads((out / STATE_FILE).read_text())
     jobs_before = sorted(p.name for p in (out / "jobs").iterdir())
     opts = LaunchOptions("submitit-local", parallel=2, poll_s=0.2)
@@ -147,7 +176,7 @@ def test_rerun_skips_finished_runs(study):
 @pytest.mark.slow
 def test_collect_reports_what_has_ended(study, capsys):
     """A grid of two seeds where only seed 0 ran: the report holds seed 0 and names the rest."""
-    out, _, records, _ = study
+    out, _, records, *_ = study
     (out / "report.md").unlink()
     (out / "results.json").unlink()
     args = ["compare", "--collect", "--methods", "none,sn", "--seeds", "2", "--out", str(out)]
