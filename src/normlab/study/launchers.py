@@ -22,7 +22,8 @@ One job trains one run (``RunJob``) in ``DIR/runs/<group>/seed<k>``, always with
   time-outs (pre-emptions are not counted by submitit).
 * **Failures.** A job that ends without a result (killed, node failure, out of memory) or
   whose run raised is submitted again, up to ``retries`` times; the new job resumes from
-  the newest checkpoint. After that the run is recorded ``failed`` with its last error.
+  the newest checkpoint. After that the run is recorded ``failed`` with its last error (a
+  re-run of the study tries it again, with as many retries).
 * **Skip what finished.** A run whose folder holds a final ``metrics.json`` is not
   submitted again. ``DIR/launcher.json`` records each run's jobs and attempts; a re-run of
   the same command waits for jobs of a previous invocation still queued or running
@@ -427,6 +428,7 @@ class Launcher:
         executor = opts.executor(self.jobs_dir)
         threads = 1 if opts.kind == "submitit-local" else None
         active: dict[Any, RunSpec] = {}
+        tries: dict[Path, int] = {}  # jobs this invocation submitted per run (retries count)
         queue: deque[RunSpec] = deque()
         for spec in pending:
             job = self._still_running(spec, book.entry(spec))
@@ -445,6 +447,7 @@ class Launcher:
                 entry = book.entry(s)
                 entry["jobs"].append(job.job_id)
                 entry["attempts"] += 1
+                tries[s.run_dir] = tries.get(s.run_dir, 0) + 1
                 entry["status"] = "submitted"
                 active[job] = s
             book.save()
@@ -460,7 +463,7 @@ class Launcher:
                     spec = active.pop(job)
                     out = _outcome(job)
                     entry = book.entry(spec)
-                    if out["status"] == "failed" and entry["attempts"] <= opts.retries:
+                    if out["status"] == "failed" and tries.get(spec.run_dir, 0) <= opts.retries:
                         entry.setdefault("errors", []).append(out.get("error"))
                         entry["status"] = "retrying"
                         book.save()
