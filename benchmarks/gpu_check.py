@@ -34,7 +34,8 @@ For every method of ``normlab.METHODS``, on the SNGAN/BSN standard CNN discrimin
    (one network shared by all methods; for comparing methods within this check only).
 
 It prints one table and writes every figure to ``--json`` (default ``gpu_check.json``).
-The exit status is 1 if a correctness check (1-4, training status) fails.
+The exit status is 1 if a check (1-4) fails, a training run does not finish, or a timing
+cannot run.
 """
 
 from __future__ import annotations
@@ -230,10 +231,13 @@ def check_no_sync(method: str, device: torch.device, batch: int) -> dict[str, An
     if device.type != "cuda":
         return {"ok": None, "result": "n/a"}
     torch.manual_seed(0)
-    st = Stepper(method, batch, RESOLUTION, full=True, device=device)
-    st.sync = False
-    for _ in range(2):
-        st.step()  # Adam's state, cuDNN's algorithm choice, lazily built buffers
+    try:
+        st = Stepper(method, batch, RESOLUTION, full=True, device=device)
+        st.sync = False
+        for _ in range(2):
+            st.step()  # Adam's state, cuDNN's algorithm choice, lazily built buffers
+    except Exception as err:
+        return {"ok": False, "result": f"error: {type(err).__name__}: {str(err).splitlines()[0]}"}
     torch.cuda.synchronize(device)
     torch.cuda.set_sync_debug_mode("error")
     try:
@@ -254,19 +258,27 @@ def timing(
     out: dict[str, Any] = {}
     for batch in batches:
         for full in (False, True):
-            rows = methods if full else [*methods, TORCH_SN]
-            med, base, ratio, interval, _ = measure(
-                rows, batch, steps, warmup, RESOLUTION, full, device=str(device)
-            )
-            out[f"{'iter' if full else 'dstep'}@{batch}"] = {
-                m: {
+            rows = methods if full else [TORCH_SN, *methods]
+            table: dict[str, Any] = {}
+            for m in rows:  # one at a time: a method that fails here leaves the others' rows
+                try:
+                    med, base, ratio, interval, _ = measure(
+                        [m], batch, steps, warmup, RESOLUTION, full, device=str(device)
+                    )
+                except Exception as err:
+                    table[m] = {"error": f"{type(err).__name__}: {str(err).splitlines()[0]}"}
+                    continue
+                table[m] = {
                     "ms": med[m] * 1e3,
                     "plain_ms": base[m] * 1e3,
                     "x_plain": ratio[m],
                     "ci95": list(interval[m]),
-                    **({"x_torch_sn": ratio[m] / ratio[TORCH_SN]} if TORCH_SN in ratio else {}),
                 }
-                for m in rows
+                sn_ratio = table.get(TORCH_SN, {}).get("x_plain")
+                if not full and sn_ratio:
+                    table[m]["x_torch_sn"] = ratio[m] / sn_ratio
+            out[f"{'iter' if full else 'dstep'}@{batch}"] = {
+                m: table[m] for m in [*methods, TORCH_SN] if m in table
             }
     return out
 
@@ -371,7 +383,7 @@ def table(report: dict[str, Any]) -> str:
         ]
         for k in timing_keys:
             t = report["timing"][k].get(m)
-            row.append(_fmt(t and t["x_plain"], ".3f"))
+            row.append(_fmt(t and t.get("x_plain"), ".3f") if not (t and "error" in t) else "err")
         for k in dstep:
             t = report["timing"][k].get(m)
             row.append(_fmt(t and t.get("x_torch_sn"), ".3f"))
@@ -448,6 +460,12 @@ def run_check(args: argparse.Namespace, progress: Callable[[str], None]) -> dict
         if res.get("ok") is False
     ]
     failed += [f"{m}: training" for m, r in report["training"].items() if not r["ok"]]
+    failed += [
+        f"{m}: timing {k}"
+        for k, rows in report["timing"].items()
+        for m, r in rows.items()
+        if "error" in r
+    ]
     report["failed"] = failed
     return report
 
