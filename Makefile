@@ -1,6 +1,8 @@
 # Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
 # The environment lives in .venv; constraints.txt pins this machine's exact versions
 # (torch 2.13.0 CPU build), while pyproject.toml declares the range supported for users.
+# The cluster extra (submitit, for compare --launcher slurm|submitit-local) is installed so
+# that its tests run.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -10,7 +12,7 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev,cluster]"
 	touch $(STAMP)
 
 demo: $(STAMP)

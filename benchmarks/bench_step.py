@@ -91,7 +91,11 @@ def _input_shape(arch: str, resolution: int) -> tuple[int, ...]:
 
 
 def build(
-    method: str, resolution: int, seed: int = 0, arch: str = "cnn", device: str = "cpu"
+    method: str,
+    resolution: int,
+    seed: int = 0,
+    arch: str = "cnn",
+    device: str | torch.device = "cpu",
 ) -> nn.Module:
     torch.manual_seed(seed)
     if arch == "mlp":
@@ -115,7 +119,11 @@ ON_BOTH_NETWORKS = tuple(m for m in nl.METHODS if m != "none" and not nl.REGISTR
 
 
 def build_generator(
-    method: str, resolution: int, seed: int = 0, arch: str = "cnn", device: str = "cpu"
+    method: str,
+    resolution: int,
+    seed: int = 0,
+    arch: str = "cnn",
+    device: str | torch.device = "cpu",
 ) -> nn.Module:
     torch.manual_seed(seed + 1)
     if arch == "mlp":
@@ -170,7 +178,10 @@ class Stepper:
     ) -> None:
         if twin_of is not None:
             arch, device = twin_of.arch, twin_of.device
-        self.arch, self.device = arch, device
+        self.arch, self.device = arch, torch.device(device)
+        device = self.device
+        #: On CUDA, wait for the device before each time mark (off: a step with no host sync).
+        self.sync = self.device.type == "cuda"
         shape = (batch, *_input_shape(arch, resolution))
         if twin_of is None:
             self.d = build(method, resolution, arch=arch, device=device)
@@ -235,8 +246,8 @@ class Stepper:
 
     def _now(self) -> float:
         """The time, after the device has finished what was queued (CUDA runs async)."""
-        if self.device != "cpu" and torch.cuda.is_available():
-            torch.cuda.synchronize()
+        if self.sync:
+            torch.cuda.synchronize(self.device)
         return time.perf_counter()
 
     def persistent_bytes(self) -> int:

@@ -19,6 +19,8 @@ import os
 import shlex
 import sys
 
+from normlab.cli import _launch
+
 DEFAULT_METHODS = "none,sn,bssn,eqlr,wn"
 
 
@@ -57,6 +59,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="delete and train again the runs in --out made with other settings than asked",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _launch.add_arguments(p)  # --launcher slurm|submitit-local, --collect
     p.set_defaults(func=run)
 
 
@@ -109,6 +112,9 @@ def run(args: argparse.Namespace) -> int:
     command = (
         "normlab " + shlex.join(sys.argv[1:]) if "compare" in sys.argv[1:2] else "normlab compare"
     )
+    if args.collect:
+        return _launch.collect(args, base, methods, seeds, scales, out, command)
+    launch = _launch.launcher_for(args, base, out)
     print(f"{n_runs} runs ({', '.join(methods)} x {args.seeds} seeds) -> {out}")
     bar = tqdm(total=n_runs, unit="run", disable=args.no_progress, dynamic_ncols=True)
 
@@ -133,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
                 on_result=on_result,
                 stop=request.event if request is not None else None,
                 rerun_changed=args.rerun_changed,
+                launch=launch,
             )
     except StudyInterrupted as err:
         bar.close()

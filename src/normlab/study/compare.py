@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,8 @@ def _record(spec: RunSpec, outcome: dict[str, Any]) -> dict[str, Any]:
         "run_dir": str(spec.run_dir),
         "hyperparameters": {k: cfg[k] for k in ("lr_d", "lr_g", "beta1", "beta2", "n_dis", "loss")},
         "config": cfg,
+        # Launched as jobs (normlab.study.launchers): how many jobs the run took, the last one.
+        **{k: outcome[k] for k in ("attempts", "job_id") if k in outcome},
     }
 
 
@@ -76,6 +78,7 @@ def run_study(
     on_result: Callable[[dict[str, Any]], None] | None = None,
     stop: threading.Event | None = None,
     rerun_changed: bool = False,
+    launch: Callable[[list[RunSpec]], Iterator[tuple[RunSpec, dict[str, Any]]]] | None = None,
 ) -> list[dict[str, Any]]:
     """Run (or resume) the grid, write ``results.json`` after every run and the report at the end.
 
@@ -85,6 +88,8 @@ def run_study(
     trains, unless ``rerun_changed`` (those runs are deleted and train again). Setting
     ``stop`` ends the runs under way at their next step; ``StudyInterrupted`` is then raised
     after ``results.json`` is written (unfinished runs have status ``interrupted``).
+    ``launch`` runs the grid instead of the local processes (e.g.
+    ``normlab.study.launchers.Launcher(...).run``: SLURM jobs).
     """
     out = Path(out_dir)
     runs = build_grid(base, methods, seeds, scales, out)
@@ -93,8 +98,9 @@ def run_study(
     order = {spec.run_dir: i for i, spec in enumerate(runs)}
     done: dict[Path, dict[str, Any]] = {}
     main_rank = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 writes
+    outcomes = run_grid(runs, workers, stop=stop) if launch is None else launch(runs)
     try:
-        for spec, outcome in run_grid(runs, workers, stop=stop):
+        for spec, outcome in outcomes:
             rec = _record(spec, outcome)
             done[spec.run_dir] = rec
             if main_rank:
