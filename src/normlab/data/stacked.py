@@ -25,6 +25,8 @@ as for ``digits``: float32 in ``[-1, 1]``, shape ``(n, 3, 8, 8)``.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from normlab.data.digits import load_digits_array
@@ -61,14 +63,23 @@ def digit_split(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
+    images, labels, held = _digits_and_split()
+    keep = held if split == "heldout" else ~held
+    return images[keep], labels[keep]  # boolean indexing copies: callers may write to them
+
+
+@functools.lru_cache(maxsize=1)
+def _digits_and_split() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The digits, their labels and the held-out mask (read from scikit-learn once a process)."""
     images, labels = load_digits_array()
     rng = np.random.default_rng(SPLIT_SEED)
     held = np.zeros(labels.shape[0], dtype=bool)
     for k in range(10):
         idx = np.flatnonzero(labels == k)
         held[rng.permutation(idx)[:HELDOUT_PER_CLASS]] = True
-    keep = held if split == "heldout" else ~held
-    return images[keep], labels[keep]
+    for a in (images, labels, held):
+        a.flags.writeable = False
+    return images, labels, held
 
 
 def stacked_digits(n: int, seed: int = 0, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
