@@ -115,7 +115,10 @@ def test_upscaled_images_are_counted_like_the_8x8_ones(net):
 def test_features_are_the_classifier_features_of_each_channel(net):
     x, _ = stacked_digits(7, seed=6)
     t = torch.from_numpy(x)
-    feats = StackedDigitFeatures(net)(t)
+    features = StackedDigitFeatures(net)
+    feats = features(t)
+    features.train()  # as extract_features restores a caller's mode: the classifier stays frozen
+    assert not net.training
     assert feats.shape == (7, 3 * net.feature_dim)
     for c in range(3):
         own = net(t[:, c : c + 1])

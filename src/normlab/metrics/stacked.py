@@ -340,6 +340,13 @@ class StackedDigitFeatures(nn.Module):
         self.classifier = classifier
         self.feature_dim = 3 * classifier.feature_dim
         self.num_features = self.feature_dim  # the name torchmetrics looks for
+        self.eval()
+
+    def train(self, mode: bool = True) -> StackedDigitFeatures:
+        """A frozen feature network: the classifier (shared, cached) stays in eval mode."""
+        super().train(mode)
+        self.classifier.eval()
+        return self
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 4 or x.shape[1] != 3:
