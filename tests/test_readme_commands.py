@@ -29,6 +29,8 @@ PARSE_ONLY = {
     "cifar10:": "needs the CIFAR-10 download (normlab never downloads anything)",
     "torchrun": "several processes / GPUs / nodes (DDP itself is tested in tests/gan/test_ddp.py)",
     "--inception-weights": "needs pytorch-fid's Inception weights file",
+    "--launcher slurm": "needs a SLURM cluster (tests/study/test_launchers.py runs the same jobs "
+    "through submitit's local executor and stand-in sbatch/sacct)",
 }
 #: Options set for a tiny run (added unless the command gives them).
 TINY_SETS = ("width=8", "eval_samples=100", "eval_every=0", "log_every=1", "batch_size=16")

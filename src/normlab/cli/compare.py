@@ -32,7 +32,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
-        "--data", default=None, help="ring8 (default), grid25, digits, folder:, npz:, cifar10:"
+        "--data",
+        default=None,
+        help="ring8 (default), grid25, digits, stacked-digits, folder:, npz:, cifar10:",
     )
     p.add_argument(
         "--methods", default=DEFAULT_METHODS, help=f"comma-separated (default {DEFAULT_METHODS})"

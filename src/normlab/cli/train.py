@@ -10,7 +10,7 @@ from pathlib import Path
 
 #: Options that set a config key directly: (flag, key, type, help).
 _DIRECT = (
-    ("--data", "data", str, "ring8, grid25, digits, folder:PATH, npz:PATH or cifar10:PATH"),
+    ("--data", "data", str, "ring8, grid25, digits, stacked-digits, folder:/npz:/cifar10:PATH"),
     ("--arch", "arch", str, "mlp, cnn or resnet (default: mlp for 2-D data, cnn for images)"),
     ("--method", "method", str, "normalization method (none, sn, bssn, eqlr, wn, ...)"),
     ("--scale", "scale", float, "the constant c of ssn/bssn"),

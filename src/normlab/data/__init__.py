@@ -2,6 +2,7 @@
 
 from normlab.data.mixtures import GRID25, MIXTURES, RING8, MixtureSpec, get_mixture
 from normlab.data.source import BatchStream, Data, load_data
+from normlab.data.stacked import digit_split, stacked_digits
 
 __all__ = [
     "GRID25",
@@ -10,6 +11,8 @@ __all__ = [
     "BatchStream",
     "Data",
     "MixtureSpec",
+    "digit_split",
     "get_mixture",
     "load_data",
+    "stacked_digits",
 ]

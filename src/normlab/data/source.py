@@ -4,6 +4,8 @@ Specs::
 
     ring8, grid25         the PacGAN 2-D Gaussian mixtures (sampled afresh, infinite)
     digits                scikit-learn's 1,797 real 8x8 digits
+    stacked-digits        128,000 8x8 images of three digits stacked as RGB: 1000 modes
+                          (Stacked MNIST from the bundled digits; normlab.data.stacked)
     folder:PATH           a folder of image files (any format PIL reads)
     npz:PATH              an array of images in an .npz/.npy file (NHWC or NCHW, uint8 or float)
     cifar10:PATH          the CIFAR-10 python-pickle batches folder (cifar-10-batches-py)
@@ -162,7 +164,8 @@ def load_data(spec: str, *, flatten: bool = False, resolution: int | None = None
     """Load the data named by ``spec`` (see the module docstring).
 
     Args:
-        spec: ``ring8``, ``grid25``, ``digits``, ``folder:PATH``, ``npz:PATH`` or ``cifar10:PATH``.
+        spec: ``ring8``, ``grid25``, ``digits``, ``stacked-digits``, ``folder:PATH``,
+            ``npz:PATH`` or ``cifar10:PATH``.
         flatten: give images as flat vectors ``(N, C*H*W)`` (for the ``mlp`` architecture).
         resolution: centre-crop and resize images to this square size (None keeps them).
     """
@@ -178,6 +181,16 @@ def load_data(spec: str, *, flatten: bool = False, resolution: int | None = None
         from normlab.data.digits import load_digits_array
 
         arr, labels = load_digits_array()
+    elif spec == "stacked-digits":
+        from normlab.data.stacked import (
+            STACKED_TRAIN_SEED,
+            STACKED_TRAIN_SIZE,
+            mode_index,
+            stacked_digits,
+        )
+
+        arr, triples = stacked_digits(STACKED_TRAIN_SIZE, STACKED_TRAIN_SEED)
+        labels = mode_index(triples)  # the mode, 0..999
     elif sep and kind in PATH_KINDS:
         if not path:
             raise ValueError(f"data spec {spec!r} lacks its path: write {kind}:/path/to/data")
@@ -190,7 +203,7 @@ def load_data(spec: str, *, flatten: bool = False, resolution: int | None = None
     else:
         raise ValueError(
             f"unknown data {spec!r}; choose one of: {', '.join(MIXTURES)}, digits, "
-            + ", ".join(f"{k}:PATH" for k in PATH_KINDS)
+            "stacked-digits, " + ", ".join(f"{k}:PATH" for k in PATH_KINDS)
         )
     if resolution is not None:
         arr = _resize(arr, resolution)

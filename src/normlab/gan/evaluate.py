@@ -5,6 +5,12 @@ file (``inception_weights``), and otherwise from a small network trained on the 
 itself (``normlab.metrics.FeatureNet``), cached in the run folder (``feature_net.pt``) or
 at ``feature_cache``: numbers comparable between runs on the same data, not with published
 Inception FIDs.
+
+On ``stacked-digits`` the feature network is the mode counter's digit classifier
+(``normlab.metrics.StackedDigitFeatures``, cached as ``digit_classifier.pt`` or at
+``feature_cache``), and every evaluation also classifies ``NUM_STACKED_EVAL_SAMPLES`` (26,000)
+samples for ``modes_covered``, ``kl`` and ``classifier_accuracy``
+(``normlab.metrics.stacked_digits_metrics``); FID/KID/PRDC use the first ``eval_samples`` of them.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ FEATURE_NET_FILE = "feature_net.pt"
 #: How FID and KID are scaled (both as computed: no x1000 as some papers print KID).
 FID_SCALE = "squared distance in feature units, as is"
 KID_SCALE = "squared MMD (cubic kernel), as is, not x1000"
+#: The stacked-digits classifier's cache file in the run folder.
+DIGIT_CLASSIFIER_FILE = "digit_classifier.pt"
 
 
 def image_metric_note(info: dict) -> str:
@@ -33,6 +41,12 @@ def image_metric_note(info: dict) -> str:
     if not info.get("feature_space"):
         return ""
     return f"fid and kid on {info['feature_space']}; fid: {info['fid']}; kid: {info['kid']}"
+
+
+def _is_stacked(data: Data) -> bool:
+    from normlab.data.stacked import STACKED_SPEC
+
+    return data.spec == STACKED_SPEC
 
 
 @torch.no_grad()
@@ -70,6 +84,12 @@ class Evaluator:
                     self.cfg.device
                 )
                 self.feature_space = "Inception-v3 pool3 features (2048-d, pytorch-fid weights)"
+            elif _is_stacked(self.data):
+                self._net = M.StackedDigitFeatures(self._classifier()).to(self.cfg.device)
+                self.feature_space = (
+                    "the stacked-digits classifier's features (its hidden layer on each channel, "
+                    "concatenated; not comparable with Inception FIDs)"
+                )
             else:
                 cache = self.cfg.feature_cache or self.run_dir / FEATURE_NET_FILE
                 self._net = M.load_or_train_feature_net(
@@ -93,24 +113,39 @@ class Evaluator:
         self._features()
         return {"feature_space": self.feature_space or "?", "fid": FID_SCALE, "kid": KID_SCALE}
 
+    def _classifier(self):
+        import normlab.metrics as M
+
+        cache = self.cfg.feature_cache or self.run_dir / DIGIT_CLASSIFIER_FILE
+        return M.digit_classifier(cache)
+
     def __call__(self, G: nn.Module, n: int | None = None) -> dict:
         """Metrics of ``G`` (evaluated in eval mode; its mode is restored) on ``n`` samples."""
         import normlab.metrics as M
 
         n = n or self.cfg.eval_samples
+        stacked = _is_stacked(self.data)
+        n_draw = max(n, M.NUM_STACKED_EVAL_SAMPLES) if stacked else n
         was = G.training
         G.eval()
         try:
-            fake = generate(G, n, self.cfg.z_dim, self.cfg.seed + EVAL_SEED_OFFSET, self.cfg.device)
+            fake = generate(
+                G, n_draw, self.cfg.z_dim, self.cfg.seed + EVAL_SEED_OFFSET, self.cfg.device
+            )
         finally:
             G.train(was)
         if self.data.kind == "mixture":
             return M.mixture_metrics(fake, self.data.mixture)
         if not torch.isfinite(fake).all():
-            return {k: float("nan") for k in M.IMAGE_METRICS}
+            keys = M.IMAGE_METRICS + (M.STACKED_METRICS if stacked else ())
+            return {k: float("nan") for k in keys}
+        out = {}
+        if stacked:
+            images = self.data.as_images(fake)
+            out = M.stacked_digits_metrics(images, classifier=self._classifier())
         net, real = self._features()
-        fake_feats = M.extract_features(net, self.data.as_images(fake))
-        return M.image_metrics(real, fake_feats, seed=self.cfg.seed)
+        fake_feats = M.extract_features(net, self.data.as_images(fake[:n]))
+        return {**out, **M.image_metrics(real, fake_feats, seed=self.cfg.seed)}
 
 
 def evaluate_run(run_dir: str | Path, *, n: int | None = None) -> dict:
@@ -119,7 +154,8 @@ def evaluate_run(run_dir: str | Path, *, n: int | None = None) -> dict:
 
     Returns the metrics (``modes_covered``, ``high_quality_frac``, ``reverse_kl`` for
     mixtures; ``fid``, ``kid``, ``precision``, ``recall``, ``density``, ``coverage`` for
-    images) plus ``step``, the checkpoint's step, and for images ``metric_info`` (see
+    images, after ``modes_covered``, ``kl``, ``classifier_accuracy`` for stacked digits) plus
+    ``step``, the checkpoint's step, and for images ``metric_info`` (see
     ``Evaluator.metric_info``).
     """
     from normlab.gan.run import generator_for_eval

@@ -244,6 +244,7 @@ def build_models(
     *,
     tanh: bool = True,
     depth: int = 3,
+    d_width: int | None = None,
 ) -> tuple[nn.Module, nn.Module]:
     """``(G, D)`` of ``arch`` for samples of ``sample_shape``.
 
@@ -252,13 +253,15 @@ def build_models(
     with ``r`` a multiple
     of 8. ``width`` is the MLP's hidden units, the standard CNN's base channels, and the
     ResNet's discriminator channels (its generator gets twice as many, as in SNGAN).
+    ``d_width`` (default ``width``) replaces ``width`` for D alone: a smaller D than G.
     """
+    dw = width if d_width is None else d_width
     if arch == "mlp":
         if len(sample_shape) != 1:
             raise ValueError(f"the mlp architecture needs flat samples, got shape {sample_shape}")
         d = sample_shape[0]
         g = MLPGenerator(z_dim, d, width, depth, out_activation="tanh" if tanh else None)
-        return g, MLPDiscriminator(d, width, depth)
+        return g, MLPDiscriminator(d, dw, depth)
     if arch in ("cnn", "resnet"):
         if len(sample_shape) != 3 or sample_shape[1] != sample_shape[2]:
             raise ValueError(
@@ -276,7 +279,7 @@ def build_models(
         if arch == "cnn":
             return (
                 StandardCNNGenerator(z_dim, r, c, width),
-                StandardCNNDiscriminator(r, c, width),
+                StandardCNNDiscriminator(r, c, dw),
             )
-        return ResNetGenerator(z_dim, r, c, 2 * width), ResNetDiscriminator(r, c, width)
+        return ResNetGenerator(z_dim, r, c, 2 * width), ResNetDiscriminator(r, c, dw)
     raise ValueError(f"unknown arch {arch!r}; choose one of: {', '.join(ARCHS)}")

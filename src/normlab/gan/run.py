@@ -30,6 +30,7 @@ SIGNATURE_FIELDS = (
     "scale",
     "z_dim",
     "width",
+    "d_width",
     "depth",
     "loss",
     "batch_size",
@@ -70,6 +71,7 @@ def build_networks(cfg: TrainConfig, data: Data) -> tuple[nn.Module, nn.Module]:
             cfg.width,
             tanh=data.kind == "images",
             depth=cfg.depth,
+            d_width=cfg.d_width,
         )
         _apply(D, cfg.d_method, cfg.scale)
         _apply(G, cfg.g_method, cfg.scale)

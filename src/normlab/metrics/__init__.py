@@ -1,6 +1,8 @@
 """What normlab measures on generated samples; knows nothing of training.
 
 * Mixtures: ``mixture_metrics`` (PacGAN's modes covered / high-quality fraction, reverse KL).
+* Stacked digits (1000 modes): ``stacked_digits_metrics`` (modes covered, KL to uniform, the
+  digit classifier's held-out accuracy), ``digit_classifier``, ``StackedDigitFeatures``.
 * Images, on features: ``fid``, ``kid``, ``prdc``, or all at once ``image_metrics``.
 * Feature networks: ``FeatureNet`` (trained on the dataset itself: ``train_feature_net``,
   ``load_or_train_feature_net``), ``InceptionV3Features`` (the standard FID network, from
@@ -28,14 +30,29 @@ from normlab.metrics.inception import (
 from normlab.metrics.kid_score import kid
 from normlab.metrics.mixture import NUM_EVAL_SAMPLES, mixture_metrics, mode_assignments
 from normlab.metrics.prdc_score import prdc
+from normlab.metrics.stacked import (
+    MIN_CLASSIFIER_ACCURACY,
+    NUM_STACKED_EVAL_SAMPLES,
+    STACKED_METRICS,
+    DigitClassifier,
+    StackedDigitFeatures,
+    digit_classifier,
+    stacked_digits_metrics,
+)
 
 __all__ = [
     "IMAGE_METRICS",
     "INCEPTION_WEIGHTS_FILE",
     "INCEPTION_WEIGHTS_URL",
+    "MIN_CLASSIFIER_ACCURACY",
     "NUM_EVAL_SAMPLES",
+    "NUM_STACKED_EVAL_SAMPLES",
+    "STACKED_METRICS",
+    "DigitClassifier",
     "FeatureNet",
     "InceptionV3Features",
+    "StackedDigitFeatures",
+    "digit_classifier",
     "extract_features",
     "fid",
     "image_metrics",
@@ -47,5 +64,6 @@ __all__ = [
     "prdc",
     "save_feature_net",
     "save_random_inception_weights",
+    "stacked_digits_metrics",
     "train_feature_net",
 ]

@@ -6,8 +6,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from normlab.data.stacked import STACKED_SPEC
 from normlab.gan.config import TrainConfig
 from normlab.reparam import METHODS, SCALED_METHODS
+
+#: The stacked-digits classifier file every run of a study shares (in the study folder).
+STACKED_CLASSIFIER_FILE = "digit_classifier.pt"
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,9 @@ def build_grid(
     config's own ``scale`` is used when no sweep is given.
     """
     runs = []
+    if base.data == STACKED_SPEC and base.feature_cache is None and not base.inception_weights:
+        # The digit classifier does not depend on the runs: one file serves the whole study.
+        base = base.replace(feature_cache=str(out_dir / STACKED_CLASSIFIER_FILE))
     for method in methods:
         method_scales: list[float | None]
         if method in SCALED_METHODS:

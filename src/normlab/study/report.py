@@ -25,12 +25,14 @@ METRIC_DIRECTIONS: dict[str, str] = {
     "modes_covered": "higher",
     "high_quality_frac": "higher",
     "reverse_kl": "lower",
+    "kl": "lower",
     "fid": "lower",
     "kid": "lower",
     "precision": "higher",
     "recall": "higher",
     "density": "higher",
     "coverage": "higher",
+    "classifier_accuracy": "higher",
 }
 
 RESULTS_FILE = "results.json"
@@ -116,9 +118,17 @@ def console_table(records: list[dict[str, Any]]) -> str:
 
 
 def write_report(
-    records: list[dict[str, Any]], out_dir: Path, *, command: str, notes: list[str] | None = None
+    records: list[dict[str, Any]],
+    out_dir: Path,
+    *,
+    command: str,
+    notes: list[str] | None = None,
+    sections: list[str] | None = None,
 ) -> Path:
-    """Write ``report.md`` and its figures into ``out_dir``; returns the report's path."""
+    """Write ``report.md`` and its figures into ``out_dir``; returns the report's path.
+
+    ``sections``: further markdown sections (each starting with its ``##`` heading), placed
+    after the notes and before the figures."""
     out_dir.mkdir(parents=True, exist_ok=True)
     groups = group_records(records)
     metrics = metric_names(records)
@@ -168,6 +178,8 @@ def write_report(
         lines.append("")
     if notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+    for section in sections or []:
+        lines += [section, ""]
     lines += ["## Figures", ""]
     for title, path in figures:
         if path is not None:
