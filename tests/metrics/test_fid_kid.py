@@ -107,7 +107,8 @@ def test_image_metrics_keys_and_identical_sets():
     assert all(isinstance(v, float) for v in m.values())
     assert abs(m["fid"]) < 1e-6 and abs(m["kid"]) < 0.1  # KID of a set with itself: O(1/n)
     assert m["precision"] == m["recall"] == m["coverage"] == 1.0
-    assert m["density"] == pytest.approx(1.0)
+    # 1 up to the k-th neighbour on a ball's edge, which rounding may count in (test_prdc.py)
+    assert m["density"] == pytest.approx(1.0, abs=0.01)
 
 
 def test_input_errors():

@@ -55,8 +55,12 @@ def test_float32_agrees_with_float64():
 
 def test_identical_sets():
     x = torch.randn(500, 8, generator=torch.Generator().manual_seed(1))
-    # each open ball B(x_i, NND_k(x_i)) holds x_i and its k-1 nearest: density exactly 1
-    assert prdc(x, x, k=5) == {"precision": 1.0, "recall": 1.0, "density": 1.0, "coverage": 1.0}
+    # Each ball B(x_i, NND_k(x_i)) holds x_i and its k-1 nearest: density 1, up to the k-th
+    # neighbour on the ball's edge, which rounding (the CPU's matmul kernels) may count in:
+    # at most one extra point per ball, density <= (k + 1) / k.
+    m = prdc(x, x, k=5)
+    assert m["precision"] == m["recall"] == m["coverage"] == 1.0
+    assert 1.0 <= m["density"] <= 1.0 + 1 / 5 and m["density"] == pytest.approx(1.0, abs=0.01)
 
 
 def test_disjoint_sets():
