@@ -114,6 +114,19 @@ class TrainConfig:
     width: int | None = None
     #: Hidden layers of the mlp generator and discriminator.
     depth: int = 3
+    #: Hidden units of the mlp discriminator (None: ``width``).
+    d_width: int | None = None
+    #: Pieces of each maxout unit of the mlp discriminator (PacGAN: 5), which then has 3
+    #: maxout layers of ``d_width`` units; 0: LeakyReLU layers.
+    maxout: int = 0
+    #: BatchNorm before each ReLU of the mlp generator (PacGAN's generator).
+    g_batchnorm: bool = False
+    #: PacGAN packing: D judges ``pack`` samples concatenated (``batch_size`` counts samples,
+    #: so PacGAN's batch of 100 packs is ``batch_size = 100 * pack``).
+    pack: int = 1
+    #: Std of a normal initialisation of every weight of G and D, biases zero (PacGAN: 0.02);
+    #: 0: PyTorch's default initialisation.
+    init_std: float = 0.0
     #: EMA decay of G's weights for evaluation and samples; 0 turns EMA off.
     ema: float = 0.0
     seed: int = 0
@@ -279,11 +292,34 @@ class TrainConfig:
             "eval_samples",
             "log_every",
             "depth",
+            "d_width",
+            "pack",
         ]
         for name in positive:
             v = getattr(self, name)
             if v is not None and not v > 0:
                 raise ValueError(f"{name} must be positive, got {v!r}")
+        if self.maxout == 1 or self.maxout < 0:
+            raise ValueError(
+                f"maxout must be 0 (LeakyReLU discriminator) or at least 2 pieces, got "
+                f"{self.maxout!r}"
+            )
+        if self.batch_size is not None and self.batch_size % self.pack:
+            raise ValueError(
+                f"batch_size {self.batch_size} is not a multiple of pack {self.pack}: D judges "
+                f"packs of {self.pack} samples; PacGAN's batch of 100 packs is batch_size "
+                f"{100 * self.pack}"
+            )
+        arch = self.arch or ("mlp" if self.is_mixture else "cnn")
+        mlp_only = [
+            k for k, v in (("maxout", self.maxout), ("g_batchnorm", self.g_batchnorm)) if v
+        ] + (["d_width"] if self.d_width is not None else [])
+        if arch != "mlp" and mlp_only:
+            raise ValueError(
+                f"{', '.join(mlp_only)} are options of the mlp architecture; arch is {arch!r}"
+            )
+        if not (math.isfinite(self.init_std) and self.init_std >= 0):
+            raise ValueError(f"init_std must be >= 0 (0: default init), got {self.init_std!r}")
         for name in ("eval_every", "ckpt_every", "sample_every", "seed", "threads", "gp_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
