@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from normlab.gan.config import TrainConfig
+from normlab.study.convergence import check_run
 from normlab.study.grid import RunSpec, build_grid
 from normlab.study.report import write_report, write_results
 from normlab.study.runner import run_grid
@@ -22,6 +23,7 @@ from normlab.study.runner import run_grid
 
 def _record(spec: RunSpec, outcome: dict[str, Any]) -> dict[str, Any]:
     cfg = spec.config.to_dict()
+    convergence = check_run(spec.run_dir)
     return {
         "group": spec.group,
         "method": spec.method,
@@ -34,6 +36,8 @@ def _record(spec: RunSpec, outcome: dict[str, Any]) -> dict[str, Any]:
         "divergence": outcome.get("divergence"),
         "error": outcome.get("error"),
         "reused": outcome.get("reused", False),
+        "converged": convergence["converged"],
+        "convergence": convergence,
         "run_dir": str(spec.run_dir),
         "hyperparameters": {k: cfg[k] for k in ("lr_d", "lr_g", "beta1", "beta2", "n_dis", "loss")},
         "config": cfg,
