@@ -22,6 +22,7 @@ import yaml
 
 from normlab.data.mixtures import MIXTURES
 from normlab.gan.models import ARCHS
+from normlab.gan.schedule import LR_SCHEDULES
 from normlab.reparam import DEFAULT_SCALE, METHODS
 
 #: The losses ``loss`` accepts.
@@ -127,6 +128,9 @@ class TrainConfig:
     #: Std of a normal initialisation of every weight of G and D, biases zero (PacGAN: 0.02);
     #: 0: PyTorch's default initialisation.
     init_std: float = 0.0
+    #: Learning-rate schedule of both optimizers over ``steps``: ``none``, ``linear`` (to 0),
+    #: ``cosine`` (``normlab.gan.schedule``).
+    lr_decay: str = "none"
     #: EMA decay of G's weights for evaluation and samples; 0 turns EMA off.
     ema: float = 0.0
     seed: int = 0
@@ -267,6 +271,7 @@ class TrainConfig:
         choice("g_method", self.g_method, METHODS)
         choice("loss", self.loss, LOSSES)
         choice("precision", self.precision, PRECISIONS)
+        choice("lr_decay", self.lr_decay, LR_SCHEDULES)
         cuda = self.device.startswith("cuda")
         if self.precision == "fp16" and not cuda:
             raise ValueError(

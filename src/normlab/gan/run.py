@@ -44,6 +44,7 @@ SIGNATURE_FIELDS = (
     "lr_g",
     "beta1",
     "beta2",
+    "lr_decay",
     "ema",
     "gp_weight",
 )

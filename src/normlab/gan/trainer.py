@@ -50,7 +50,7 @@ import torch
 from torch import Tensor, nn
 
 from normlab.diagnostics import Monitor, input_gradient_norm
-from normlab.gan import distributed, losses
+from normlab.gan import distributed, losses, schedule
 from normlab.gan.checkpoint import (
     atomic_write_text,
     clean_temporary,
@@ -463,6 +463,10 @@ def _train(
     t_loop = time.perf_counter()
     try:
         for step in range(start + 1, cfg.steps + 1):
+            if cfg.lr_decay != "none":  # issue 16: a schedule computed from the step alone
+                factor = schedule.lr_factor(cfg.lr_decay, step, cfg.steps)
+                schedule.set_lr(opt_d, cfg.lr_d * factor)
+                schedule.set_lr(opt_g, cfg.lr_g * factor)
             log_now = step % cfg.log_every == 0
             rec = None
             for k in range(cfg.n_dis):
