@@ -108,6 +108,8 @@ def test_config_checks():
         TrainConfig(maxout=1)
     with pytest.raises(ValueError, match="maxout, g_batchnorm are options of the mlp"):
         TrainConfig(data="digits", maxout=5, g_batchnorm=True)
+    with pytest.raises(ValueError, match="pack=2 does not work with loss wgan-gp"):
+        TrainConfig(pack=2, loss="wgan-gp")
     with pytest.raises(ValueError, match="init_std must be >= 0"):
         TrainConfig(init_std=-0.1)
 

@@ -323,6 +323,11 @@ class TrainConfig:
             raise ValueError(
                 f"{', '.join(mlp_only)} are options of the mlp architecture; arch is {arch!r}"
             )
+        if self.pack > 1 and self.loss == "wgan-gp":
+            raise ValueError(
+                f"pack={self.pack} does not work with loss wgan-gp: its gradient penalty is taken "
+                "per sample, not per pack of samples; use loss hinge or ns with packing"
+            )
         if not (math.isfinite(self.init_std) and self.init_std >= 0):
             raise ValueError(f"init_std must be >= 0 (0: default init), got {self.init_std!r}")
         for name in ("eval_every", "ckpt_every", "sample_every", "seed", "threads", "gp_weight"):
