@@ -67,9 +67,11 @@ _MIXTURE_PRESET: dict[str, Any] = {
 #: 51% / 68%; 4-5x the lrs 34% / 65%; a linear decay to 0 over 4k steps 13% / 18%, and from
 #: 4-5x the lrs 2% at 3k (the HQ rise needs the lr: decay slows it). So: twice the lrs,
 #: EMA 0.99 of G for evaluation, 5k steps, evaluations every 500 (the converged check looks
-#: at the last 3). SN's HQ is still rising at 4k steps (+8 points per 500 steps): at this
-#: budget the runs are close to, not at, their plateau, and the report's converged column says
-#: which are.
+#: at the last 3). Seed 0 at 5k steps: SN 8 modes, 77% HQ (68%, 72%, 77% at 4k-5k: still
+#: rising, not converged); BSSN (c 1.2) 8 modes, 82% (77%, 80%, 82%: within the converged
+#: tolerance, still creeping up); no normalization collapses (1 mode at 100% HQ, or 0 when
+#: its one mode drifts off the ring). PacGAN's level (>= 95% HQ) is not reached at this budget;
+#: the report's converged column says which runs plateaued.
 _RING8_PRESET: dict[str, Any] = {
     **_MIXTURE_PRESET,
     "steps": 5000,
