@@ -159,6 +159,8 @@ def run(args: argparse.Namespace) -> int:
         return 0  # under torchrun, rank 0 reports
     print()
     print(console_table(records))
+    n_conv = sum(r.get("converged") is True for r in records)
+    print(f"converged (last evaluations agree): {n_conv} of {len(records)} runs")
     print()
     print(f"results: {out / RESULTS_FILE}\nreport:  {out / REPORT_FILE}")
     return 0

@@ -89,7 +89,8 @@ class MLPGenerator(nn.Module):
     """``(N, z_dim) -> (N, out_dim)``: ``depth`` hidden ReLU layers of ``width`` units.
 
     The output is linear for 2-D mixtures (``out_activation=None``) and ``tanh`` for
-    flattened images.
+    flattened images. ``batchnorm`` puts BatchNorm before each ReLU (PacGAN's generator:
+    4 x 400 units).
     """
 
     def __init__(
@@ -99,6 +100,7 @@ class MLPGenerator(nn.Module):
         width: int = 128,
         depth: int = 3,
         out_activation: str | None = None,
+        batchnorm: bool = False,
     ) -> None:
         super().__init__()
         if out_activation not in (None, "tanh"):
@@ -107,7 +109,11 @@ class MLPGenerator(nn.Module):
         layers: list[nn.Module] = []
         d = z_dim
         for _ in range(depth):
-            layers += [nn.Linear(d, width), nn.ReLU()]
+            # PacGAN's G: Linear -> BatchNorm -> ReLU (the bias is redundant before BatchNorm).
+            if batchnorm:
+                layers += [nn.Linear(d, width, bias=False), nn.BatchNorm1d(width), nn.ReLU()]
+            else:
+                layers += [nn.Linear(d, width), nn.ReLU()]
             d = width
         layers.append(nn.Linear(d, out_dim))
         if out_activation == "tanh":
@@ -127,6 +133,50 @@ class MLPDiscriminator(nn.Module):
         d = in_dim
         for _ in range(depth):
             layers += [nn.Linear(d, width), nn.LeakyReLU(LEAKY_SLOPE)]
+            d = width
+        layers.append(nn.Linear(d, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x.flatten(1)).squeeze(1)
+
+
+class Maxout(nn.Module):
+    """A maxout layer (Goodfellow et al. 2013): ``h_j = max_k (W x + b)_{j, k}``.
+
+    One ``nn.Linear(in_dim, out_dim * pieces)`` (so weight normalizations act on it as on any
+    linear layer) whose outputs are grouped in ``out_dim`` consecutive blocks of ``pieces``;
+    each unit is the largest of its block.
+
+    Example::
+
+        >>> layer = Maxout(2, 200, pieces=5)     # (N, 2) -> (N, 200)
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, pieces: int) -> None:
+        super().__init__()
+        if not isinstance(pieces, int) or pieces < 2:
+            raise ValueError(f"a maxout layer needs at least 2 pieces, got {pieces!r}")
+        self.out_dim, self.pieces = out_dim, pieces
+        self.linear = nn.Linear(in_dim, out_dim * pieces)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.linear(x)
+        return h.view(*h.shape[:-1], self.out_dim, self.pieces).amax(dim=-1)
+
+
+class MaxoutMLPDiscriminator(nn.Module):
+    """``(N, in_dim) -> (N,)`` logits: ``depth`` maxout layers of ``width`` units, then linear.
+
+    PacGAN's discriminator for the 2-D mixtures: 3 layers, 200 units, 5 pieces each.
+    """
+
+    def __init__(self, in_dim: int = 2, width: int = 200, depth: int = 3, pieces: int = 5) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        d = in_dim
+        for _ in range(depth):
+            layers.append(Maxout(d, width, pieces))
             d = width
         layers.append(nn.Linear(d, 1))
         self.net = nn.Sequential(*layers)
@@ -234,6 +284,15 @@ class ResNetDiscriminator(nn.Module):
 
 #: The architectures ``build_models`` knows.
 ARCHS: tuple[str, ...] = ("mlp", "cnn", "resnet")
+#: Maxout layers of the MLP discriminator when ``maxout`` is set (PacGAN's 3).
+MAXOUT_DEPTH = 3
+
+
+def _packed(D: nn.Module, pack: int) -> nn.Module:
+    """``D`` itself (pack 1) or wrapped to judge packs of ``pack`` samples."""
+    from normlab.gan.pack import PackedDiscriminator
+
+    return D if pack == 1 else PackedDiscriminator(D, pack)
 
 
 def build_models(
@@ -245,6 +304,9 @@ def build_models(
     tanh: bool = True,
     depth: int = 3,
     d_width: int | None = None,
+    maxout: int = 0,
+    g_batchnorm: bool = False,
+    pack: int = 1,
 ) -> tuple[nn.Module, nn.Module]:
     """``(G, D)`` of ``arch`` for samples of ``sample_shape``.
 
@@ -253,15 +315,37 @@ def build_models(
     with ``r`` a multiple
     of 8. ``width`` is the MLP's hidden units, the standard CNN's base channels, and the
     ResNet's discriminator channels (its generator gets twice as many, as in SNGAN).
-    ``d_width`` (default ``width``) replaces ``width`` for D alone: a smaller D than G.
+    ``d_width`` (default ``width``) replaces ``width`` for D alone: a smaller D than G (any
+    arch).
+
+    MLP options (PacGAN's 2-D setup is ``width=400, depth=4, g_batchnorm=True, d_width=200,
+    maxout=5``; ``configs/pacgan_ring8.yaml``): ``maxout`` > 1 makes D a
+    ``MaxoutMLPDiscriminator`` of ``MAXOUT_DEPTH`` (3) maxout layers with that many pieces
+    (0: ``depth`` LeakyReLU layers); ``g_batchnorm`` puts BatchNorm in G's hidden layers.
+    ``pack`` > 1 (any arch) wraps D in a ``PackedDiscriminator`` that judges ``pack`` samples
+    concatenated (PacGAN).
     """
     dw = width if d_width is None else d_width
+    if not isinstance(pack, int) or pack < 1:
+        raise ValueError(f"pack must be a positive integer, got {pack!r}")
+    if maxout and (not isinstance(maxout, int) or maxout < 2):
+        raise ValueError(f"maxout must be 0 (no maxout) or at least 2 pieces, got {maxout!r}")
+    if arch != "mlp" and (maxout or g_batchnorm):
+        raise ValueError(
+            f"maxout and g_batchnorm are options of the mlp architecture, not {arch!r}"
+        )
     if arch == "mlp":
         if len(sample_shape) != 1:
             raise ValueError(f"the mlp architecture needs flat samples, got shape {sample_shape}")
         d = sample_shape[0]
-        g = MLPGenerator(z_dim, d, width, depth, out_activation="tanh" if tanh else None)
-        return g, MLPDiscriminator(d, dw, depth)
+        g = MLPGenerator(
+            z_dim, d, width, depth, out_activation="tanh" if tanh else None, batchnorm=g_batchnorm
+        )
+        if maxout:
+            disc: nn.Module = MaxoutMLPDiscriminator(d * pack, dw, MAXOUT_DEPTH, maxout)
+        else:
+            disc = MLPDiscriminator(d * pack, dw, depth)
+        return g, _packed(disc, pack)
     if arch in ("cnn", "resnet"):
         if len(sample_shape) != 3 or sample_shape[1] != sample_shape[2]:
             raise ValueError(
@@ -279,7 +363,10 @@ def build_models(
         if arch == "cnn":
             return (
                 StandardCNNGenerator(z_dim, r, c, width),
-                StandardCNNDiscriminator(r, c, dw),
+                _packed(StandardCNNDiscriminator(r, c * pack, dw), pack),
             )
-        return ResNetGenerator(z_dim, r, c, 2 * width), ResNetDiscriminator(r, c, dw)
+        return (
+            ResNetGenerator(z_dim, r, c, 2 * width),
+            _packed(ResNetDiscriminator(r, c * pack, dw), pack),
+        )
     raise ValueError(f"unknown arch {arch!r}; choose one of: {', '.join(ARCHS)}")

@@ -30,8 +30,12 @@ SIGNATURE_FIELDS = (
     "scale",
     "z_dim",
     "width",
-    "d_width",
     "depth",
+    "d_width",
+    "maxout",
+    "g_batchnorm",
+    "pack",
+    "init_std",
     "loss",
     "batch_size",
     "seed",
@@ -40,6 +44,7 @@ SIGNATURE_FIELDS = (
     "lr_g",
     "beta1",
     "beta2",
+    "lr_decay",
     "ema",
     "gp_weight",
 )
@@ -60,6 +65,17 @@ def _apply(model: nn.Module, method: str, scale: float | None) -> None:
     nl.apply(model, method, **kwargs)
 
 
+def init_normal(model: nn.Module, std: float) -> None:
+    """Every linear/conv weight of ``model`` drawn from ``N(0, std^2)``, their biases zero
+    (PacGAN's ``IsotropicGaussian(0.02)``); BatchNorm keeps its (1, 0) affine init."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Linear | nn.Conv2d | nn.ConvTranspose2d):
+                m.weight.normal_(0.0, std)
+                if m.bias is not None:
+                    m.bias.zero_()
+
+
 def build_networks(cfg: TrainConfig, data: Data) -> tuple[nn.Module, nn.Module]:
     """``(G, D)`` of a resolved ``cfg``: seeded init, methods applied, on ``cfg.device``."""
     with torch.random.fork_rng(devices=[]):
@@ -72,7 +88,13 @@ def build_networks(cfg: TrainConfig, data: Data) -> tuple[nn.Module, nn.Module]:
             tanh=data.kind == "images",
             depth=cfg.depth,
             d_width=cfg.d_width,
+            maxout=cfg.maxout,
+            g_batchnorm=cfg.g_batchnorm,
+            pack=cfg.pack,
         )
+        if cfg.init_std:
+            init_normal(G, cfg.init_std)
+            init_normal(D, cfg.init_std)
         _apply(D, cfg.d_method, cfg.scale)
         _apply(G, cfg.g_method, cfg.scale)
         if cfg.d_method == "sn_exact" or cfg.g_method == "sn_exact":

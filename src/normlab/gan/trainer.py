@@ -52,7 +52,7 @@ from torch import Tensor, nn
 
 import normlab.reparam as nl
 from normlab.diagnostics import Monitor, input_gradient_norm
-from normlab.gan import distributed, losses, steps
+from normlab.gan import distributed, losses, schedule, steps
 from normlab.gan.checkpoint import (
     atomic_write_text,
     clean_temporary,
@@ -487,6 +487,10 @@ def _train(
     t_loop = time.perf_counter()
     try:
         for step in range(start + 1, cfg.steps + 1):
+            if cfg.lr_decay != "none":  # issue 16: a schedule computed from the step alone
+                factor = schedule.lr_factor(cfg.lr_decay, step, cfg.steps)
+                schedule.set_lr(opt_d, cfg.lr_d * factor)
+                schedule.set_lr(opt_g, cfg.lr_g * factor)
             log_now = step % cfg.log_every == 0
             rec = None
             for k in range(cfg.n_dis):

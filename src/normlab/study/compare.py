@@ -17,6 +17,7 @@ from typing import Any
 
 from normlab.data.stacked import STACKED_SPEC
 from normlab.gan.config import TrainConfig
+from normlab.study.convergence import check_run
 from normlab.study.grid import RunSpec, build_grid
 from normlab.study.report import write_report, write_results
 from normlab.study.reuse import check_reuse, stored_config
@@ -27,6 +28,7 @@ def _record(spec: RunSpec, outcome: dict[str, Any]) -> dict[str, Any]:
     # What actually ran: the run folder's own config (a reused run keeps its log interval...).
     stored = stored_config(spec.run_dir) if outcome["status"] != "failed" else None
     cfg = (stored or spec.config).to_dict()
+    convergence = check_run(spec.run_dir)
     return {
         "group": spec.group,
         "method": spec.method,
@@ -40,6 +42,8 @@ def _record(spec: RunSpec, outcome: dict[str, Any]) -> dict[str, Any]:
         "error": outcome.get("error"),
         "reused": outcome.get("reused", False),
         "resumed": outcome.get("resumed", False),
+        "converged": convergence["converged"],
+        "convergence": convergence,
         "run_dir": str(spec.run_dir),
         "hyperparameters": {k: cfg[k] for k in ("lr_d", "lr_g", "beta1", "beta2", "n_dis", "loss")},
         "config": cfg,

@@ -18,6 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from normlab.study import plots
+from normlab.study.convergence import runs_section
+from normlab.study.paired import paired_section
+from normlab.study.published import published_section
+from normlab.study.scale_plot import plot_scale_sweep
 from normlab.study.stats import summarize
 
 #: Display order of the metrics, with the better direction.
@@ -138,6 +142,7 @@ def write_report(
         ("Metrics over training", plots.plot_metric_curves(groups, metrics, out_dir)),
         ("Discriminator input-gradient norms", plots.plot_input_gradients(groups, out_dir)),
         ("Discriminator layer sigmas", plots.plot_layer_sigmas(groups, out_dir)),
+        ("Metrics against the scale c", plot_scale_sweep(records, metrics, out_dir)),
     ]
     first = records[0]["config"] if records else {}
     lines = [
@@ -159,6 +164,9 @@ def write_report(
         "",
         summary_table(records),
         "",
+        *published_section(records),
+        *paired_section(records, metrics),
+        *runs_section(records, metrics),
     ]
     lines += [line + "\n" for line in (tradeoff_note(records), image_metric_line(records)) if line]
     failed = [r for r in records if r["status"] == "failed"]
