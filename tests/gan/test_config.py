@@ -107,6 +107,8 @@ def test_with_overrides_coerces_and_validates():
         None,
     )
     assert TrainConfig().with_overrides(["data=folder:/x/y"]).data == "folder:/x/y"
+    # "none" is a method name (and the word parse_value reads as null elsewhere)
+    assert TrainConfig().with_overrides(["method=none"]).method == "none"
     with pytest.raises(ValueError, match="key=value"):
         TrainConfig().with_overrides(["steps"])
     with pytest.raises(ValueError, match="method must be one of none, eqlr"):

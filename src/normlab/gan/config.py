@@ -433,6 +433,8 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
     if value is None:
         if optional:
             return None
+        if base is str:  # ``--set method=none``: the word, which parse_value read as null
+            return "none"
         raise TypeError(f"{name} must be {_type_name(base)}, got None")
     if base is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
