@@ -69,8 +69,9 @@ def test_scale_curves_and_figure(tmp_path):
     curves = scale_curves(recs, "modes_covered")
     assert [c for c, *_ in curves["bssn"]] == [0.5, 1.0, 2.0]
     c, mean, low, high = curves["bssn"][1]
-    # mean 7, std 1, t_{0.975,2} = 4.3027
-    assert mean == pytest.approx(7.0) and high - mean == pytest.approx(4.3027 / math.sqrt(3), 1e-4)
+    # seeds (8, 6, 7): mean 7; the band is the report's interval (bootstrap percentile), which
+    # stays inside the values seen (a t-interval would be 7 +- 2.48) and is symmetric here.
+    assert mean == pytest.approx(7.0) and 6.0 <= low < mean < high <= 8.0
     assert mean - low == pytest.approx(high - mean)
     png = plot_scale_sweep(recs, ["modes_covered", "high_quality_frac"], tmp_path)
     assert png is not None and png.stat().st_size > 5000

@@ -89,6 +89,7 @@ def test_the_command_line_shows_the_refusal(tmp_path, capsys):
     err = capsys.readouterr().err
     print(err)
     assert err.startswith("normlab compare: error: ")
-    assert "lr_g: run has 0.0002, asked 0.001" in err and "--rerun-changed" in err
+    default_lr_g = TrainConfig.preset("ring8").lr_g  # the ring8 preset's
+    assert f"lr_g: run has {default_lr_g!r}, asked 0.001" in err and "--rerun-changed" in err
     assert main([*args, "--steps", "4", "--set", "lr_g=0.001", "--rerun-changed"]) == 0
     assert "training again: sn seed 0 (lr_g" in capsys.readouterr().out

@@ -118,11 +118,16 @@ def mean_and_se(values: list[Any]) -> tuple[int, float, float]:
 def study_budget(config: dict[str, Any], seeds: int) -> str:
     """The budget of a study's runs, worded like the published one."""
     c = config
+
+    def num(key: str) -> str:  # a record's config may lack a key: "?" then
+        value = c.get(key)
+        return f"{value:g}" if isinstance(value, int | float) else "?"
+
     parts = [
         f"{seeds} seed{'s' if seeds != 1 else ''} per row",
         f"{c.get('steps')} G steps x {c.get('n_dis')} D step(s), batch {c.get('batch_size')}",
-        f"loss {c.get('loss')}, Adam lr_d {c.get('lr_d'):g} lr_g {c.get('lr_g'):g} "
-        f"(betas {c.get('beta1'):g}, {c.get('beta2'):g})",
+        f"loss {c.get('loss')}, Adam lr_d {num('lr_d')} lr_g {num('lr_g')} "
+        f"(betas {num('beta1')}, {num('beta2')})",
     ]
     if c.get("pack", 1) > 1:
         parts.append(f"pack {c['pack']}")
