@@ -96,11 +96,11 @@ def _final(run: Path) -> dict:
     return found[1]
 
 
-def _assert_close(a: dict, b: dict, what: str) -> float:
+def _assert_close(a: dict, b: dict, what: str, atol: float = 1e-5) -> float:
     worst = 0.0
     assert a.keys() == b.keys(), what
     for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=f"{what}.{k}")
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=atol, msg=f"{what}.{k}")
         worst = max(worst, (a[k].double() - b[k].double()).abs().max().item())
     return worst
 
@@ -137,7 +137,13 @@ def test_two_ranks_match_one_process(tmp_path: Path, batch_size: int, loss: str)
         a["D"] = {k: v for k, v in a["D"].items() if not k.endswith("bias")}
         b["D"] = {k: v for k, v in b["D"].items() if not k.endswith("bias")}
         assert torch.equal(a["rng"]["gp"], b["rng"]["gp"])  # the same interpolation weights
-    worst = max(_assert_close(a[k], b[k], k) for k in ("G", "D", "G_ema"))
+    # WGAN-GP's penalty differentiates D's input gradient: its float32 rounding, which the
+    # ranks' half-batch sums order differently, is amplified by Adam over the 6 steps far more
+    # than the other losses' (measured with issue 15's SN arithmetic: at most 1.6e-4 on D's
+    # weights of size 0.3-0.7, against 1e-6 on G; the rounding order of sigma alone moved it
+    # between 4e-6 and 8e-5 before). The ns cases keep 1e-5.
+    atol = 5e-4 if loss == "wgan-gp" else 1e-5
+    worst = max(_assert_close(a[k], b[k], k, atol) for k in ("G", "D", "G_ema"))
     assert a["data"]["index"] == b["data"]["index"]
     assert torch.equal(a["rng"]["z"], b["rng"]["z"])  # same global latents drawn
     # The training did move the weights (not a comparison of two initial states).
