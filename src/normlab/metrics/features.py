@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -29,6 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from normlab.metrics._common import read_net_cache, restored, save_net_cache
 
 #: The ``format`` tag of the cache file.
 CACHE_FORMAT = "normlab.metrics.FeatureNet/1"
@@ -217,45 +217,17 @@ def _fingerprint(images: Tensor, labels: Tensor | None, settings: dict) -> str:
 
 def save_feature_net(net: FeatureNet, path: str | Path, fingerprint: str = "") -> None:
     """Write ``net`` to ``path`` atomically (a dict of plain values and tensors)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "format": CACHE_FORMAT,
-        "config": net.config,
-        "heldout_accuracy": float(net.heldout_accuracy),
-        "fingerprint": fingerprint,
-        "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
-    }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    save_net_cache(net, path, CACHE_FORMAT, net.config, net.heldout_accuracy, fingerprint)
 
 
 def load_feature_net(path: str | Path) -> tuple[FeatureNet, str]:
     """The ``FeatureNet`` stored in ``path`` (in eval mode, CPU) and its data fingerprint."""
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as e:  # unpickling errors come in many types
-        raise ValueError(f"{path}: not a readable feature-net cache ({e})") from e
-    if not isinstance(payload, dict) or payload.get("format") != CACHE_FORMAT:
-        raise ValueError(f"{path}: not a feature-net cache (expected format {CACHE_FORMAT!r})")
+    payload = read_net_cache(path, CACHE_FORMAT, "feature-net")
     cfg = payload["config"]
     net = FeatureNet(
         cfg["in_channels"], tuple(cfg["image_size"]), cfg["num_classes"], cfg["width"], cfg["task"]
     )
-    net.load_state_dict(payload["state_dict"])
-    net.heldout_accuracy = float(payload["heldout_accuracy"])
-    net.eval()
-    for p in net.parameters():
-        p.requires_grad_(False)
-    return net, str(payload.get("fingerprint", ""))
+    return restored(net, payload)
 
 
 def load_or_train_feature_net(

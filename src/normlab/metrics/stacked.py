@@ -34,8 +34,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -45,6 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from normlab.data.stacked import NUM_MODES, digit_split
+from normlab.metrics._common import read_net_cache, restored, save_net_cache
 
 #: How many generated samples the protocol classifies (VEEGAN, PacGAN).
 NUM_STACKED_EVAL_SAMPLES = 26_000
@@ -184,45 +183,15 @@ def _fingerprint(settings: dict) -> str:
 
 def save_digit_classifier(net: DigitClassifier, path: str | Path, fingerprint: str = "") -> None:
     """Write ``net`` to ``path`` atomically (a dict of plain values and tensors)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "format": CLASSIFIER_FORMAT,
-        "config": net.config,
-        "heldout_accuracy": float(net.heldout_accuracy),
-        "fingerprint": fingerprint,
-        "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
-    }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    save_net_cache(net, path, CLASSIFIER_FORMAT, net.config, net.heldout_accuracy, fingerprint)
 
 
 def load_digit_classifier(path: str | Path) -> tuple[DigitClassifier, str]:
     """The ``DigitClassifier`` stored at ``path`` (eval mode, CPU) and its fingerprint."""
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as e:  # unpickling errors come in many types
-        raise ValueError(f"{path}: not a readable digit-classifier cache ({e})") from e
-    if not isinstance(payload, dict) or payload.get("format") != CLASSIFIER_FORMAT:
-        raise ValueError(
-            f"{path}: not a digit-classifier cache (expected format {CLASSIFIER_FORMAT!r})"
-        )
+    payload = read_net_cache(path, CLASSIFIER_FORMAT, "digit-classifier")
     cfg = payload["config"]
     net = DigitClassifier(cfg["width"], cfg["hidden"], cfg["dropout"])
-    net.load_state_dict(payload["state_dict"])
-    net.heldout_accuracy = float(payload["heldout_accuracy"])
-    net.eval()
-    for p in net.parameters():
-        p.requires_grad_(False)
-    return net, str(payload.get("fingerprint", ""))
+    return restored(net, payload)
 
 
 #: Classifiers trained in this process, by cache path ("" for none): training is deterministic,
