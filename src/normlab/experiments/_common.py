@@ -114,3 +114,11 @@ def save_figure(fig: Any, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def band(
+    ax: Any, x: list, mean: list, lo: list, hi: list, style: str = "-", alpha: float = 0.2, **kw
+) -> None:
+    """A line of ``mean`` over ``x`` with the band ``lo..hi`` shaded in its colour."""
+    (line,) = ax.plot(x, mean, style, **kw)
+    ax.fill_between(x, lo, hi, alpha=alpha, color=line.get_color())

@@ -48,6 +48,7 @@ from torch import Tensor, nn
 import normlab as nl
 from normlab.experiments._common import (
     accuracy,
+    band,
     load_digits_split,
     save_figure,
     seed_everything,
@@ -481,8 +482,7 @@ def _plot(result: dict[str, Any], path: Path) -> None:
         ]
         lo = [r["min_final_train_loss"] for r in rows[p] if r["mean_final_train_loss"] is not None]
         hi = [r["max_final_train_loss"] for r in rows[p] if r["mean_final_train_loss"] is not None]
-        (line,) = ax.plot(lrs, mean, st, label=p)
-        ax.fill_between(lrs, lo, hi, alpha=0.25, color=line.get_color())
+        band(ax, lrs, mean, lo, hi, st, alpha=0.25, label=p)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("Adam learning rate")
@@ -500,14 +500,8 @@ def _plot(result: dict[str, Any], path: Path) -> None:
                 continue
             t = torch.tensor(curves)
             ep = list(range(1, t.shape[1] + 1))
-            (line,) = ax.plot(ep, t.mean(0).tolist(), label=f"{p}, lr {lr:g}")
-            ax.fill_between(
-                ep,
-                t.min(0).values.tolist(),
-                t.max(0).values.tolist(),
-                alpha=0.2,
-                color=line.get_color(),
-            )
+            mean, lo, hi = t.mean(0).tolist(), t.min(0).values.tolist(), t.max(0).values.tolist()
+            band(ax, ep, mean, lo, hi, label=f"{p}, lr {lr:g}")
     ax.set_yscale("log")
     ax.set_xlabel("epoch")
     ax.set_ylabel("training loss (mean, band min..max)")

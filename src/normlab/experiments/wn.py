@@ -50,6 +50,7 @@ from torch import Tensor, nn
 import normlab as nl
 from normlab.experiments._common import (
     accuracy,
+    band,
     load_digits_split,
     save_figure,
     seed_everything,
@@ -522,13 +523,13 @@ def _plot(result: dict[str, Any], path: Path) -> None:
     for v, rs in result["runs"].items():
         t = torch.tensor([r["loss_curve"] for r in rs])
         steps = [(i + 1) * cfg["log_every"] for i in range(t.shape[1])]
-        (line,) = ax.plot(steps, t.mean(0).tolist(), label=v)
-        ax.fill_between(
+        band(
+            ax,
             steps,
+            t.mean(0).tolist(),
             t.min(0).values.tolist(),
             t.max(0).values.tolist(),
-            alpha=0.2,
-            color=line.get_color(),
+            label=v,
         )
     ax.set_yscale("log")
     ax.set_xlabel("Adam step")
@@ -564,14 +565,8 @@ def _plot(result: dict[str, Any], path: Path) -> None:
     for name, st in (("plain", "o-"), ("wn", "s-")):
         rows = cond[name]
         steps = [r["step"] for r in rows]
-        (line,) = ax.plot(steps, [r["top_eigenvalue_mean"] for r in rows], st, label=name)
-        ax.fill_between(
-            steps,
-            [r["top_eigenvalue_min"] for r in rows],
-            [r["top_eigenvalue_max"] for r in rows],
-            alpha=0.2,
-            color=line.get_color(),
-        )
+        stats = [[r[f"top_eigenvalue_{s}"] for r in rows] for s in ("mean", "min", "max")]
+        band(ax, steps, *stats, st, label=name)
     ax.set_xlabel(f"SGD step ({result['conditioning']['optimizer']})")
     ax.set_ylabel("top Hessian eigenvalue (band over seeds)")
     ax.set_title("curvature along training, same init")
@@ -581,14 +576,8 @@ def _plot(result: dict[str, Any], path: Path) -> None:
     for name, st in (("plain", "o-"), ("wn", "s-")):
         rows = cond[name]
         steps = [r["step"] for r in rows]
-        (line,) = ax.plot(steps, [r["gradient_spread_mean"] for r in rows], st, label=name)
-        ax.fill_between(
-            steps,
-            [r["gradient_spread_min"] for r in rows],
-            [r["gradient_spread_max"] for r in rows],
-            alpha=0.2,
-            color=line.get_color(),
-        )
+        stats = [[r[f"gradient_spread_{s}"] for r in rows] for s in ("mean", "min", "max")]
+        band(ax, steps, *stats, st, label=name)
     ax.set_yscale("log")
     ax.set_xlabel("SGD step")
     ax.set_ylabel("max/min over layers of ||grad|| / ||param||")
