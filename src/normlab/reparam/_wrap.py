@@ -12,7 +12,9 @@ ops, so autograd gives exact derivatives of every order. It runs at every read o
 weight, from the current raw tensors: what ``torch.nn.utils.parametrize`` does. Within one
 call of the layer the weight is computed once, however often the layer's ``forward`` reads
 it (``nn.MultiheadAttention`` reads its packed projection three times); ``nl.cached()``
-extends that sharing to a whole block of code (see ``normlab.reparam.cache``).
+extends that sharing to a whole block of code (see ``normlab.reparam.cache``). Where the
+weight is a coefficient times the raw one, the layer may scale its output instead (the same
+values; ``normlab.reparam._output_scaling``).
 
 Compared with ``parametrize``, the subclass costs one property call a forward, and it
 survives ``torch.save(model)``, ``copy.deepcopy`` and ``state_dict`` round trips: it
@@ -31,6 +33,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from normlab.reparam._layers import check_supported, param_names
+from normlab.reparam._output_scaling import autocast_enabled, output_scaled_forward
 from normlab.reparam.cache import active_cache
 
 #: Name of the child module that holds a layer's reparameterization.
@@ -68,6 +71,11 @@ class Reparametrization(nn.Module):
     def effective_bias(self) -> Tensor | None:
         return None
 
+    def coefficient(self, layer: nn.Module) -> Tensor | float | None:
+        """The scalar ``c`` with ``self(layer) == c * raw_weight``, for ``_output_scaling``;
+        None (taking no step) where the weight is not of that form."""
+        return None
+
     def observe_input(self, layer: nn.Module, x: Tensor) -> None:
         """Hook for methods that depend on the input's shape (exact SN)."""
 
@@ -92,27 +100,30 @@ class Reparametrization(nn.Module):
         Under ``torch.compile`` it runs eagerly (a graph break per layer; the layer's own op
         stays compiled): compiled and eager models then take the same power steps.
         """
-        if torch.compiler.is_compiling():
-            return self._compute_eagerly(layer)
-        return self._compute(layer)
+        compiling = torch.compiler.is_compiling()
+        return (self._compute_eagerly if compiling else self._compute)(layer, "weight")
+
+    def effective_coefficient(self, layer: nn.Module) -> Tensor | float | None:
+        """``self.coefficient(layer)`` in float32, shared like the effective weight."""
+        return self._compute(layer, "coefficient")
 
     @torch.compiler.disable
-    def _compute_eagerly(self, layer: nn.Module) -> Tensor:
-        return self._compute(layer)
+    def _compute_eagerly(self, layer: nn.Module, kind: str) -> Tensor:
+        return self._compute(layer, kind)
 
-    def _compute(self, layer: nn.Module) -> Tensor:
+    def _compute(self, layer: nn.Module, kind: str) -> Any:
         cache = active_cache()
-        weight = None if cache is None else cache.get(self)
-        if weight is not None:
-            return weight
+        value = None if cache is None else cache.get(self, kind)
+        if value is not None:
+            return value
         with _float32(self):
-            weight = self(layer)
-        if weight.requires_grad:
+            value = self(layer) if kind == "weight" else self.coefficient(layer)
+        if kind == "weight" and value.requires_grad:
             for fn in self._weight_grad_hooks.values():
-                weight.register_hook(fn)
-        if cache is not None:
-            cache.put(self, weight)
-        return weight
+                value.register_hook(fn)
+        if cache is not None and value is not None:
+            cache.put(self, kind, value)
+        return value
 
     def __getstate__(self) -> dict:
         # The instruments' hooks are not part of the state.
@@ -122,13 +133,7 @@ class Reparametrization(nn.Module):
 def _float32(module: nn.Module) -> contextlib.AbstractContextManager:
     """Autocast off for ``module``'s device while it is on."""
     device_type = next((t.device.type for t in module._parameters.values() if t is not None), "cpu")
-    try:
-        enabled = torch.is_autocast_enabled(device_type)
-    except TypeError:  # torch < 2.4 takes no device type
-        enabled = (
-            torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
-        )
-    if enabled:
+    if autocast_enabled(device_type):
         return torch.autocast(device_type=device_type, enabled=False)
     return contextlib.nullcontext()
 
@@ -164,6 +169,9 @@ def _forward(self: nn.Module, *args: Any, **kwargs: Any) -> Tensor:
         _observe(reparam, self, args[0] if args else next(iter(kwargs.values())))
     if self.__dict__.get(_CALL_WEIGHT) is not None:  # re-entered (a layer calling itself)
         return self._normlab_base.forward(self, *args, **kwargs)
+    out = output_scaled_forward(self, reparam, args, kwargs)  # None: not applicable
+    if out is not None:
+        return out
     self.__dict__[_CALL_WEIGHT] = reparam.effective_weight(self)
     try:
         return self._normlab_base.forward(self, *args, **kwargs)
@@ -219,8 +227,9 @@ def reparametrization_of(module: nn.Module) -> Reparametrization | None:
     return module._modules[REPARAM_ATTR] if is_reparametrized(module) else None
 
 
-def check_can_register(module: nn.Module, name: str = "") -> None:
-    """Raise a clear error if ``module`` cannot take a (new) reparameterization."""
+def check_can_register(module: nn.Module, name: str = "") -> nn.Parameter:
+    """The layer's own weight parameter; a clear error if ``module`` cannot take a (new)
+    reparameterization."""
     where = f"layer '{name}'" if name else f"this {type(module).__name__}"
     check_supported(module, name)
     if is_reparametrized(module):
@@ -248,11 +257,7 @@ def check_can_register(module: nn.Module, name: str = "") -> None:
         raise ValueError(
             f"{where} has {bad} non-finite (NaN/Inf) weight entries; refusing to register"
         )
-
-
-def raw_weight_of(module: nn.Module) -> nn.Parameter:
-    """The layer's own weight parameter, before registration."""
-    return module._parameters[param_names(module)[0]]
+    return weight
 
 
 def register(module: nn.Module, reparam: Reparametrization) -> nn.Module:

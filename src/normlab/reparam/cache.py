@@ -36,15 +36,16 @@ class WeightCache:
     """The weights computed inside one ``cached()`` block, and which layers have stepped."""
 
     def __init__(self) -> None:
-        self._weights: dict[tuple[int, bool], tuple[nn.Module, Tensor]] = {}
+        self._values: dict[tuple[int, str, bool], tuple[nn.Module, Tensor | float]] = {}
         self._stepped: dict[int, nn.Module] = {}
 
-    def get(self, owner: nn.Module) -> Tensor | None:
-        hit = self._weights.get((id(owner), torch.is_grad_enabled()))
+    def get(self, owner: nn.Module, kind: str = "weight") -> Tensor | float | None:
+        """The ``kind`` ("weight" or "coefficient") ``owner`` computed in this block."""
+        hit = self._values.get((id(owner), kind, torch.is_grad_enabled()))
         return None if hit is None else hit[1]
 
-    def put(self, owner: nn.Module, weight: Tensor) -> None:
-        self._weights[(id(owner), torch.is_grad_enabled())] = (owner, weight)
+    def put(self, owner: nn.Module, kind: str, value: Tensor | float) -> None:
+        self._values[(id(owner), kind, torch.is_grad_enabled())] = (owner, value)
 
     def first_step(self, owner: nn.Module) -> bool:
         """True the first time ``owner`` asks in this block (it takes its step then)."""

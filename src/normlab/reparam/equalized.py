@@ -42,7 +42,6 @@ from normlab.reparam._layers import fan_in, param_names
 from normlab.reparam._wrap import (
     Reparametrization,
     check_can_register,
-    raw_weight_of,
     register,
 )
 
@@ -79,6 +78,9 @@ class EqualizedLR(Reparametrization):
     def forward(self, layer: nn.Module) -> Tensor:
         return self.raw_weight * self.weight_coef
 
+    def coefficient(self, layer: nn.Module) -> float:
+        return self.weight_coef
+
     def effective_bias(self) -> Tensor | None:
         if self.raw_bias is None or self.lr_multiplier == 1.0:
             return self.raw_bias
@@ -112,8 +114,7 @@ def equalized_lr(
     where = f"layer '{name}'" if name else type(module).__name__
     gain = float(check_number("gain", gain, where))
     lr_multiplier = float(check_number("lr_multiplier", lr_multiplier, where))
-    check_can_register(module, name)
-    weight = raw_weight_of(module)
+    weight = check_can_register(module, name)
     bias_name = param_names(module)[1]
     owns_bias = bias_name in module._parameters
     bias = module._parameters.get(bias_name)

@@ -62,7 +62,6 @@ from normlab.reparam._power import (
 from normlab.reparam._wrap import (
     Reparametrization,
     check_can_register,
-    raw_weight_of,
     register,
 )
 
@@ -146,7 +145,8 @@ class SpectralNorm(_DividedBySigma):
         normalize_into_(mv.detach(), u, self.eps)
         return torch.dot(u.clone(), mv)
 
-    def forward(self, layer: nn.Module) -> Tensor:
+    def _denominators(self) -> list[Tensor]:
+        """``mean(sigmas of block b) / scale + eps`` for each block, after the step."""
         step = self.takes_step()
         sigmas = [
             self._sigma(i, self._block(block), row_dim, step)
@@ -155,8 +155,8 @@ class SpectralNorm(_DividedBySigma):
         self.last_sigmas = tuple(s.detach() for s in sigmas)
         if self.bidirectional and len(self.terms) == self.blocks:  # one tap: sigma_t = sigma
             self.last_sigmas = self.last_sigmas * 2
-        # W / (mean(sigmas) / scale + eps): the sigmas of a block averaged and divided by the
-        # scale (one product by a Python number), eps keeping an all-zero weight at zero.
+        # The sigmas of a block averaged and divided by the scale (one product by a Python
+        # number), eps keeping an all-zero weight at zero.
         per_block = len(self.terms) // self.blocks
         mean_over_scale = 1.0 / (per_block * self.scale)
         denominators = []
@@ -165,10 +165,17 @@ class SpectralNorm(_DividedBySigma):
             denominators.append(
                 (total if mean_over_scale == 1.0 else total * mean_over_scale) + self.eps
             )
+        return denominators
+
+    def forward(self, layer: nn.Module) -> Tensor:
+        denominators = self._denominators()
         if self.blocks == 1:
             return self.raw_weight / denominators[0]
         blocks = self.raw_weight.chunk(self.blocks, dim=0)
         return torch.cat([w / d for w, d in zip(blocks, denominators)])
+
+    def coefficient(self, layer: nn.Module) -> Tensor | None:
+        return None if self.blocks > 1 else torch.reciprocal(self._denominators()[0])
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Checkpoints of BSN on one-tap layers from before it kept one estimate there hold a
@@ -240,7 +247,7 @@ class ExactSpectralNorm(_DividedBySigma):
                 (back,) = torch.autograd.grad(linear_map(layer, weight)(x), x, u)
         self.v.copy_(back / back.norm().clamp_min(self.eps))
 
-    def forward(self, layer: nn.Module) -> Tensor:
+    def coefficient(self, layer: nn.Module) -> Tensor:
         if self.input_shape is None:
             raise RuntimeError(
                 "the exact spectral norm of this layer depends on its input shape, which it has "
@@ -257,7 +264,10 @@ class ExactSpectralNorm(_DividedBySigma):
         # Where the map is zero on this input shape (a transposed conv whose padding crops
         # every tap) there is nothing to normalize: divide by 1, not by eps.
         sigma = torch.where(sigma > self.eps, sigma, torch.ones_like(sigma))
-        return weight * (self.scale / sigma)
+        return self.scale / sigma
+
+    def forward(self, layer: nn.Module) -> Tensor:
+        return self.raw_weight * self.coefficient(layer)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # The vector's shape is only known once an input was seen: take the saved one's.
@@ -301,8 +311,7 @@ def spectral_norm(
     scale = float(check_number("scale", scale, where))
     if exact and bidirectional:
         raise ValueError(f"exact and bidirectional spectral norms cannot be combined ({where})")
-    check_can_register(module, name)
-    weight = raw_weight_of(module)
+    weight = check_can_register(module, name)
     if exact and not isinstance(module, nn.Linear | nn.Embedding | nn.MultiheadAttention):
         return register(
             module, ExactSpectralNorm(weight, n_power_iterations, eps, scale, method or "sn_exact")

@@ -33,7 +33,6 @@ from normlab.reparam._wrap import (
     Reparametrization,
     check_can_register,
     is_reparametrized,
-    raw_weight_of,
     register,
 )
 
@@ -97,8 +96,7 @@ def weight_norm(
         method: the name ``methods_of`` reports.
     """
     where = f"layer '{name}'" if name else type(module).__name__
-    check_can_register(module, name)
-    weight = raw_weight_of(module)
+    weight = check_can_register(module, name)
     if dim is None:
         dim = output_dim(module)
     if not isinstance(dim, int) or isinstance(dim, bool) or not -weight.dim() <= dim < weight.dim():
