@@ -68,6 +68,11 @@ _MIXTURE_PRESET: dict[str, Any] = {
 #: tolerance, still creeping up); no normalization collapses (1 mode at 100% HQ, or 0 when
 #: its one mode drifts off the ring). PacGAN's level (>= 95% HQ) is not reached at this budget;
 #: the report's converged column says which runs plateaued.
+#: Tried next (SN, seed 0, one thread, the other core busy): batch 1024 reaches 43 / 59 / 66 /
+#: 71 / 76% HQ at 2k / 2.5k / 3k / 3.5k / 4k steps at 29 ms a step (batch 256: 20 ms), so per
+#: second of CPU it is no faster than this preset; batch 2048 61% at 2.5k (40 ms a step); at
+#: batch 1024, twice these lrs 23% at 2.5k, one D update per G update 3-5 modes and 0% HQ, EMA
+#: 0.999 2% at 2.5k. A 5-minute demo at PacGAN's level needs a faster HQ rise than any of these.
 _RING8_PRESET: dict[str, Any] = {
     **_MIXTURE_PRESET,
     "steps": 5000,
