@@ -43,6 +43,12 @@ def test_seeds_needed_against_the_t_table():
     assert 384 <= n <= 400
     assert seeds_needed(0.0, 1.0) is None
     assert seeds_needed(1.0, 0.0) == 2
+    # past MAX_SEEDS: None, also where the start would overflow scipy's integers (a crash of
+    # the balanced stacked-digits report, where a pair of groups differed by ~1e-13 on average)
+    assert seeds_needed(1e-3, 1.0) is None
+    assert seeds_needed(1e-12, 1.0) is None
+    d = paired_difference([1.0, 0.0, 5.0 + 1e-12], [0.0, 1.0, 5.0])  # mean ~3e-13, std ~1
+    assert not d.separated and d.seeds_needed is None
 
 
 def test_not_separated_reports_seeds_needed():

@@ -75,8 +75,12 @@ def seeds_needed(mean: float, std: float) -> int | None:
         return None
     if std == 0:
         return 2
-    # The normal bound gives a start; the t quantile only makes the answer larger.
-    n = max(2, int((1.96 * std / abs(mean)) ** 2))
+    # The normal bound gives a start; the t quantile only makes the answer larger. (A start
+    # past MAX_SEEDS is already the answer, and may not fit scipy's integer types.)
+    start = (1.96 * std / abs(mean)) ** 2
+    if start > MAX_SEEDS:
+        return None
+    n = max(2, int(start))
     while _t_half(std, n) >= abs(mean):
         n = n + 1 if n < 1000 else int(n * 1.01) + 1
         if n > MAX_SEEDS:
