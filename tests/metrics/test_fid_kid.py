@@ -121,3 +121,27 @@ def test_input_errors():
         fid(torch.randn(10), x)
     with pytest.raises(ValueError, match="at least 2"):
         fid(x[:1], x)
+
+
+@pytest.mark.parametrize("full_kernel_max", [10_000, 10])  # kernels formed once / per subset
+def test_kid_equals_torchmetrics_compute_on_the_same_subsets(monkeypatch, full_kernel_max):
+    """Both routes give torchmetrics' own KernelInceptionDistance.compute, fed the features and
+    seeded the same way (same subsets), mean and std."""
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    import normlab.metrics.kid_score as kid_score
+    from normlab.metrics._tm import PrecomputedFeatures
+
+    monkeypatch.setattr(kid_score, "FULL_KERNEL_MAX_SAMPLES", full_kernel_max)
+    x = torch.from_numpy(gaussian(250, np.zeros(7), np.eye(7), seed=21))
+    y = torch.from_numpy(gaussian(230, np.full(7, 0.2), 1.3 * np.eye(7), seed=22))
+    metric = KernelInceptionDistance(PrecomputedFeatures(7), subsets=12, subset_size=90)
+    metric.update(x, real=True)
+    metric.update(y, real=False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(5)
+        want_mean, want_std = (float(v) for v in metric.compute())
+    mean, std = kid(x, y, subset_size=90, subsets=12, seed=5, return_std=True)
+    assert mean == pytest.approx(want_mean, rel=1e-10)
+    assert std == pytest.approx(want_std, rel=1e-8)
+    assert want_std > 0  # the subsets differ: a wrong draw order would not match

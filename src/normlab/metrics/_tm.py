@@ -1,8 +1,6 @@
-"""Bridges to torchmetrics' FID/KID classes on precomputed features (imported lazily: slow)."""
+"""Bridge to torchmetrics' FID class on precomputed features (imported lazily: slow)."""
 
 from __future__ import annotations
-
-import warnings
 
 from torch import Tensor, nn
 
@@ -26,14 +24,3 @@ def frechet_metric(num_features: int):
     from torchmetrics.image.fid import FrechetInceptionDistance
 
     return FrechetInceptionDistance(feature=PrecomputedFeatures(num_features), normalize=False)
-
-
-def kid_metric(num_features: int, **kwargs):
-    from torchmetrics.image.kid import KernelInceptionDistance
-
-    with warnings.catch_warnings():
-        # "will save all extracted features in buffer": expected, we hand it all of them at once.
-        warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
-        return KernelInceptionDistance(
-            feature=PrecomputedFeatures(num_features), normalize=False, **kwargs
-        )
