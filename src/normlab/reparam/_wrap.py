@@ -42,6 +42,12 @@ REPARAM_ATTR = "reparam"
 _CALL_WEIGHT = "_normlab_call_weight"
 _MISSING = object()
 _WRAPPED_CLASSES: dict[tuple[type[nn.Module], str, str], type[nn.Module]] = {}
+#: ``torch.compiler.disable`` that imports ``torch._dynamo`` at the first call rather than at
+#: ``import normlab`` (2-3 s of every process's start on this CPU); PyTorch's own lazy form
+#: where this version has it.
+_run_eagerly: Callable[[Callable], Callable] = getattr(
+    torch, "_disable_dynamo", torch.compiler.disable
+)
 
 
 class Reparametrization(nn.Module):
@@ -107,7 +113,7 @@ class Reparametrization(nn.Module):
         """``self.coefficient(layer)`` in float32, shared like the effective weight."""
         return self._compute(layer, "coefficient")
 
-    @torch.compiler.disable
+    @_run_eagerly
     def _compute_eagerly(self, layer: nn.Module, kind: str) -> Tensor:
         return self._compute(layer, kind)
 
@@ -179,7 +185,7 @@ def _forward(self: nn.Module, *args: Any, **kwargs: Any) -> Tensor:
         self.__dict__.pop(_CALL_WEIGHT, None)
 
 
-@torch.compiler.disable
+@_run_eagerly
 def _observe(reparam: Reparametrization, layer: nn.Module, x: Tensor) -> None:
     with _float32(reparam):
         reparam.observe_input(layer, x)
