@@ -141,3 +141,18 @@ def test_compare_under_torchrun_trains_each_run_with_ddp(tmp_path):
     assert proc.stdout.count("results:") == 1  # rank 0 alone reports
     records = json.loads((out / "results.json").read_text())
     assert [(r["method"], r["status"]) for r in records] == [("sn", "finished")]
+
+
+def test_the_pool_starts_the_longest_runs_first(tmp_path):
+    import normlab as nl
+    from normlab.study.runner import METHOD_COST, expected_cost, longest_first
+
+    assert set(METHOD_COST) == set(nl.METHODS)  # a new method gets a deliberate cost
+    base = TrainConfig.preset("ring8", steps=10)
+    runs = build_grid(base, ["none", "sn", "bssn"], [0, 1], None, tmp_path)
+    order = [(r.method, r.seed) for r in longest_first(runs)]
+    assert order == [("bssn", 0), ("bssn", 1), ("sn", 0), ("sn", 1), ("none", 0), ("none", 1)]
+    longer = build_grid(base.replace(steps=40), ["none"], [0], None, tmp_path / "b")[0]
+    assert expected_cost(longer) > expected_cost(runs[-1])  # 4x the steps of a bssn run
+    assert [r.method for r in longest_first([runs[0], longer])] == ["none", "none"]
+    assert longest_first([runs[0], longer])[0] is longer
