@@ -176,3 +176,22 @@ def test_stream_epochs_cover_every_image():
     assert torch.equal(seen.sum(0), d.images.sum(0)) or torch.allclose(seen.sum(0), d.images.sum(0))
     with pytest.raises(ValueError, match="fewer than one batch"):
         d.stream(5000, seed=0)
+
+
+def test_digits_read_without_sklearn_equal_load_digits(monkeypatch):
+    """The bundled file read directly is scikit-learn's load_digits, exactly; without the file
+    at its usual place, load_digits itself is used."""
+    from sklearn.datasets import load_digits
+
+    import normlab.data.digits as digits
+
+    bunch = load_digits()
+    want = bunch.images.astype(np.float32)[:, None] * (2.0 / 16.0) - 1.0
+    assert digits._bundled_csv() is not None  # the fast route is the one tested first
+    for route in ("file", "sklearn"):
+        if route == "sklearn":
+            monkeypatch.setattr(digits, "_bundled_csv", lambda: None)
+        images, labels = digits.load_digits_array()
+        assert images.dtype == np.float32 and labels.dtype == np.int64
+        np.testing.assert_array_equal(images, want)
+        np.testing.assert_array_equal(labels, bunch.target)

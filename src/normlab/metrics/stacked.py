@@ -106,8 +106,12 @@ class DigitClassifier(nn.Module):
 
 
 @torch.no_grad()
-def predict_digits(net: DigitClassifier, digits: Tensor, batch_size: int = 4096) -> Tensor:
-    """The predicted class ``(N,)`` (int64, CPU) of single digits ``(N, 1, 8, 8)``, in eval mode."""
+def predict_digits(net: DigitClassifier, digits: Tensor, batch_size: int = 1024) -> Tensor:
+    """The predicted class ``(N,)`` (int64, CPU) of single digits ``(N, 1, 8, 8)``, in eval mode.
+
+    Batches of 1,024: the 78,000 digits of an evaluation (26,000 samples x 3 channels) took
+    4.7 s on one core, against 6.3-8.8 s in batches of 4,096 (oneDNN's small convolutions).
+    """
     was = net.training
     net.eval()
     device = next(net.parameters()).device
