@@ -56,26 +56,23 @@ _MIXTURE_PRESET: dict[str, Any] = {
 #: Digits: the paper's 1:1 schedule (width 32, bssn, 1,500 steps) collapsed onto one digit; the
 #: same D-favouring schedule at width 16 gave varied digits (SN, 1,500 steps: FID 160 on the
 #: digit features, recall 0.65).
-#: ring8 (what ``normlab compare`` and ``make demo`` run), retuned for issue 16 on seed 0 with
-#: the CPU shared by several jobs: the 2k-step preset stopped SN while its high-quality
-#: fraction was still rising (11% at 2k steps). Measured for SN (HQ at 3k / 4k steps): the
-#: old lrs 34% / 57% (EMA 0.99) and 38% / 47%@3.5k (no EMA); twice the lrs with EMA 0.99
-#: 51% / 68%; 4-5x the lrs 34% / 65%; a linear decay to 0 over 4k steps 13% / 18%, and from
-#: 4-5x the lrs 2% at 3k (the HQ rise needs the lr: decay slows it). So: twice the lrs,
-#: EMA 0.99 of G for evaluation, 5k steps, evaluations every 500 (the converged check looks
-#: at the last 3). Seed 0 at 5k steps: SN 8 modes, 77% HQ (68%, 72%, 77% at 4k-5k: still
-#: rising, not converged); BSSN (c 1.2) 8 modes, 82% (77%, 80%, 82%: within the converged
-#: tolerance, still creeping up); no normalization collapses (1 mode at 100% HQ, or 0 when
-#: its one mode drifts off the ring). PacGAN's level (>= 95% HQ) is not reached at this budget;
-#: the report's converged column says which runs plateaued.
-#: Tried next (SN, seed 0, one thread, the other core busy): batch 1024 reaches 43 / 59 / 66 /
-#: 71 / 76% HQ at 2k / 2.5k / 3k / 3.5k / 4k steps at 29 ms a step (batch 256: 20 ms), so per
-#: second of CPU it is no faster than this preset; batch 2048 61% at 2.5k (40 ms a step); at
-#: batch 1024, twice these lrs 23% at 2.5k, one D update per G update 3-5 modes and 0% HQ, EMA
-#: 0.999 2% at 2.5k. A 5-minute demo at PacGAN's level needs a faster HQ rise than any of these.
+#: ring8 (what ``normlab compare`` and ``make demo`` run), retuned for issue 16 on seed 0: the
+#: 2k-step preset stopped SN while its high-quality fraction was still rising (11% at 2k). For
+#: SN (HQ at 3k / 4k steps): the first lrs 34% / 57% (EMA 0.99); twice the lrs with EMA 0.99
+#: 51% / 68%; 4-5x the lrs 34% / 65%; a linear decay to 0 over 4k steps 13% / 18% (the HQ rise
+#: needs the lr). Batch 1024 52-59% at 2.5k at 1.4x the time of a step (batch 256: 35%), 512
+#: 40%; one D update per G update 0% HQ; EMA 0.999 2% at 2.5k; G BatchNorm 42% at 2.5k; width
+#: 128 1%. z_dim: 2 (PacGAN's) gives SN 64% at 2.5k but the unnormalized GAN then covers all 8
+#: modes too (62-75% HQ, seeds 0-1), 4 and 8 keep its collapse (3 modes) with SN at 38% / 50%
+#: (8: 74% at 4k, BSSN 76%), against 68% at z_dim 16: kept at 16. So: twice the first lrs, EMA
+#: 0.99 of G for evaluation, 4k steps (``make demo``: none / sn / bssn x 3 seeds in 4.5 min on 2
+#: cores), evaluations every 500 (the converged check looks at the last 3). 3 seeds at 4k steps:
+#: SN 8 modes, 70% HQ; BSSN (c 1.2) 8 modes, 72%; no normalization 2.3 modes. HQ still rose
+#: by 4-8 points from 3.5k to 4k steps, so 8 of 9 runs are not converged; PacGAN's level (>= 95%
+#: HQ, 400k steps) is not reached at this budget.
 _RING8_PRESET: dict[str, Any] = {
     **_MIXTURE_PRESET,
-    "steps": 5000,
+    "steps": 4000,
     "lr_d": 1e-3,
     "lr_g": 4e-4,
     "ema": 0.99,

@@ -161,7 +161,7 @@ def published_section(records: list[dict[str, Any]]) -> list[str]:
         f"## Published results ({config.get('data')})",
         "",
         f"{bench.source} beside this study, both as mean ± standard error over runs "
-        "(the paper's ±; the table above gives standard deviations and t-intervals). "
+        "(the paper's ±; the table above gives standard deviations and bootstrap intervals). "
         "High quality in percent.",
         "",
         "| " + " | ".join(head) + " |",
