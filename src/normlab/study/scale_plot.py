@@ -1,8 +1,9 @@
 """The scale knob of Lin et al. made visible: every metric against ``c``, one line per method.
 
 For a study that sweeps ``--scale`` over the scaled methods (``ssn``, ``bssn``), each panel
-plots one metric's mean over seeds against ``c`` for each method, with its 95% t-interval
-as a band (``normlab.study.stats.summarize``; a single run gives a point without a band).
+plots one metric's mean over seeds against ``c`` for each method, with the 95% bootstrap
+percentile interval of that mean as a band (``normlab.study.stats.summarize``, as in the
+report's tables; a single run gives a point without a band).
 Methods without a scale (``sn``, ``none``, ...) are drawn as horizontal lines with their own
 band across the whole axis, so a reader sees at which ``c`` a scaled method beats plain SN.
 
@@ -97,5 +98,5 @@ def plot_scale_sweep(records: list[dict[str, Any]], metrics: list[str], out: Pat
         ax.set_title(metric)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle("Metrics against the scale c: mean over seeds, 95% t-interval bands")
+    fig.suptitle("Metrics against the scale c: mean over seeds, 95% bootstrap interval bands")
     return _save(plt, fig, out / SCALE_FIGURE)
