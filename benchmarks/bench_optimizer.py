@@ -8,7 +8,7 @@ same batches, one with ``Adam(foreach=True)``, one with ``Adam(fused=True)`` (wh
 uses), one iteration of each in turn, alternating which goes first. Prints each side's median
 ms per iteration, the median over rounds of fused / foreach with its 95% interval, and how far
 apart the two copies' parameters are after 10 iterations (the same update up to rounding:
-about 1e-7 on ring8) and at the end. GAN training amplifies any rounding difference, as a
+under 1e-6 on ring8) and at the end. GAN training amplifies any rounding difference, as a
 change of summation order or thread count does: on ring8 with SN it grows to 1e-3 by
 iteration 30 and 0.1 by 45, so a run under fused Adam follows another trajectory, not another
 distribution (two foreach copies stay bit-identical).
