@@ -12,6 +12,7 @@ from torch import nn
 
 import normlab as nl
 from normlab.gan.models import StandardCNNDiscriminator
+from normlab.reparam import reparametrization_of
 
 KEYS = {"sigma", "op_norm", "weight_grad_norm", "std_sqrt_fan_in"}
 
@@ -201,3 +202,55 @@ def test_records_the_gradient_of_its_step_whatever_ran_before(method: str, befor
             for name, row in rec["layers"].items():
                 assert ref[name] > 0
                 assert row["weight_grad_norm"] == pytest.approx(ref[name], rel=1e-4), (step, name)
+
+
+@pytest.mark.parametrize("method", ["none", "sn", "bssn", "wn"])
+def test_paused_between_records_gives_each_records_own_gradient(method: str) -> None:
+    """The trainer's pattern: paused, resumed before the recorded step's forward, paused after
+    its record. Each record equals plain autograd on the effective weights of that step, and
+    the paused steps' backwards (several, never zeroed between) are in no record."""
+    D = small_d(method)
+    x = torch.randn(8, 1, 8, 8)
+    opt = torch.optim.SGD(D.parameters(), lr=1e-3)
+    mon = nl.diagnostics.Monitor(D, every=3)
+    mon.pause()
+    assert mon.paused
+    for step in range(1, 10):
+        if step % 3 == 0:
+            mon.resume()
+            D.zero_grad(set_to_none=True)
+        one_pass_loss(D, x).backward()  # unrecorded steps accumulate: a Monitor must skip them
+        if step % 3 == 0:
+            rec = mon.record(step)
+            mon.pause()
+            ref = _plain_grad_norms(D, x)
+            for name, row in rec["layers"].items():
+                assert row["weight_grad_norm"] == pytest.approx(ref[name], rel=1e-4), (step, name)
+        opt.step()
+    mon.close()
+
+
+def test_pause_removes_every_hook_and_resume_restores_them() -> None:
+    D = small_d("sn")
+    layers = [m for m in D.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+
+    def hooks() -> int:
+        return sum(
+            len(m._forward_pre_hooks) + len(reparametrization_of(m)._weight_grad_hooks)
+            for m in layers
+        )
+
+    mon = nl.diagnostics.Monitor(D)
+    on = hooks()
+    assert on > 0
+    mon.pause()
+    assert hooks() == 0 and mon.paused
+    mon.resume()
+    mon.resume()  # resuming twice registers nothing twice
+    assert hooks() == on and not mon.paused
+    mon.close()
+    assert hooks() == 0
+    with pytest.raises(RuntimeError, match="closed"):
+        mon.resume()
+    with pytest.raises(RuntimeError, match="closed"):
+        mon.pause()

@@ -109,19 +109,13 @@ class Monitor:
         if not self._layers:
             raise ValueError(f"{type(model).__name__} has no weighted layer to monitor")
         self._state = {name: _LayerState() for name, _ in self._layers}
-        self._handles: list[RemovableHandle] = []
         for name, layer in self._layers:
-            st = self._state[name]
-            self._handles.append(layer.register_forward_pre_hook(self._shape_hook(st)))
             reparam = reparametrization_of(layer)
             if reparam is not None:
                 raws = [p for p in reparam.parameters(recurse=False) if p.requires_grad]
-                st.raw = raws[0] if raws else None
-                self._handles.append(reparam.add_weight_grad_hook(self._grad_hook(st)))
-                if st.raw is not None:
-                    self._handles.append(
-                        st.raw.register_post_accumulate_grad_hook(self._accumulated_hook(st))
-                    )
+                self._state[name].raw = raws[0] if raws else None
+        self._handles: list[RemovableHandle] = []
+        self._attach()
         self._jsonl = None
         if jsonl_path is not None:
             path = Path(jsonl_path)
@@ -133,10 +127,59 @@ class Monitor:
 
             self._tb = SummaryWriter(str(tensorboard_dir))
         self._closed = False
+        self._paused = False
         # Power vectors start from this generator, so the global RNG is never drawn from.
         self._gen = torch.Generator().manual_seed(0)
 
     # -- hooks ---------------------------------------------------------------------------
+    def _attach(self) -> None:
+        """Register the hooks: input shapes of convolutions (for their operator norms) and
+        the effective-weight gradients of reparametrized layers."""
+        for name, layer in self._layers:
+            st = self._state[name]
+            if is_conv(layer):
+                self._handles.append(layer.register_forward_pre_hook(self._shape_hook(st)))
+            reparam = reparametrization_of(layer)
+            if reparam is not None:
+                self._handles.append(reparam.add_weight_grad_hook(self._grad_hook(st)))
+                if st.raw is not None:
+                    self._handles.append(
+                        st.raw.register_post_accumulate_grad_hook(self._accumulated_hook(st))
+                    )
+
+    @property
+    def paused(self) -> bool:
+        """Whether the hooks are off (``pause()``) until ``resume()``."""
+        return self._paused
+
+    def pause(self) -> None:
+        """Stop observing: remove the hooks until ``resume()``, so that steps which record
+        nothing pay nothing (a model call then takes PyTorch's hook-free path).
+
+        A loop that records every ``every`` steps resumes right before the forward and
+        backward of a recorded step and pauses after ``record``: the record then holds that
+        step's gradients, as an always-on Monitor would after a ``zero_grad``. Gradients
+        of backwards run while paused are not in any record.
+        """
+        if self._closed:
+            raise RuntimeError("this Monitor is closed")
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        for st in self._state.values():
+            st.acc = None
+            st.pending = None
+        self._paused = True
+
+    def resume(self) -> None:
+        """Observe again after ``pause()`` (a no-op when not paused); the gradient sums
+        start at the next backward."""
+        if self._closed:
+            raise RuntimeError("this Monitor is closed")
+        if self._paused:
+            self._attach()
+            self._paused = False
+
     @staticmethod
     def _shape_hook(st: _LayerState):
         def hook(mod: nn.Module, args: tuple) -> None:
