@@ -161,14 +161,14 @@ def test_a_signal_stops_train_with_a_checkpoint_at_the_step_reached(tmp_path):
 
 
 def test_the_watchdog_alone_ends_an_orphan():
-    """The portable fallback (no PR_SET_PDEATHSIG): a worker whose recorded parent is not its
-    parent any more sets its stop flag at once and exits ORPHAN_GRACE seconds later."""
+    """The portable fallback (no PR_SET_PDEATHSIG): a worker whose study process is gone
+    sets its stop flag at once and exits ORPHAN_GRACE seconds later."""
     code = (
         "import threading, time\n"
         "from normlab.study import runner\n"
         "runner._set_parent_death_signal = lambda: None\n"
         "stop = threading.Event()\n"
-        "runner._guard_worker(-1, stop)\n"  # -1: never the real parent's pid
+        "runner._guard_worker(-1, stop)\n"  # -1: no study process of that pid
         "print(stop.is_set(), time.time(), flush=True)\n"
         "time.sleep(120)\n"
     )
