@@ -87,6 +87,21 @@ def test_a_failing_run_is_recorded_and_the_study_goes_on(tmp_path):
     assert "Failed runs" in (out / "report.md").read_text()
 
 
+def test_a_run_that_failed_before_its_first_checkpoint_starts_over(tmp_path):
+    """Was a bug: a run that failed as it started left its config.yaml and no checkpoint, and
+    every rerun of the study then failed it again ("already holds a run")."""
+    out = tmp_path / "study"
+    spec = build_grid(TINY, ["sn"], [0], None, out)[0]
+    spec.run_dir.mkdir(parents=True)
+    (spec.run_dir / "config.yaml").write_text(spec.config.to_yaml())
+    (spec.run_dir / "log.jsonl").write_text("")
+    records = run_study(TINY, ["sn"], [0], out, workers=1)
+    assert records[0]["status"] == "finished", records[0]["error"]
+    assert not records[0]["resumed"]
+    history = json.loads((spec.run_dir / "metrics.json").read_text())["history"]
+    assert [h["step"] for h in history] == [15, 30]
+
+
 def test_summary_table_counts_diverged_runs_apart():
     recs = [
         {"group": "sn", "status": "finished", "metrics": {"modes_covered": 8}},

@@ -89,3 +89,21 @@ def test_report_shows_every_new_section(tmp_path):
     for heading in ("## Published results (ring8)", "## Paired differences", "## Runs"):
         assert heading in report
     assert "](scale_sweep.png)" in report and (tmp_path / "scale_sweep.png").is_file()
+
+
+def test_a_study_without_a_sweep_says_where_the_scale_figure_is(tmp_path):
+    """The default study runs bssn at one c: its report names the sweep that draws the knob;
+    a swept study, and one with no scaled method, do not get the note."""
+    from normlab.gan.config import TrainConfig
+    from normlab.study.compare import scale_note
+
+    base = TrainConfig.preset("ring8")
+    demo = [_rec(m, s, None, 8, 0.8, tmp_path) for m in ("none", "sn", "bssn") for s in range(3)]
+    note = scale_note(base, demo)
+    assert note is not None
+    assert "bssn ran at one c here (c = 1.2)" in note
+    assert "--methods ssn,bssn --scale 0.5,1,1.5,2,3" in note
+    assert "c = 2" in scale_note(base.replace(method="bssn", scale=2.0), demo)
+    swept = [_rec("bssn", s, c, 8, 0.8, tmp_path) for c in (1.0, 2.0) for s in range(3)]
+    assert scale_note(base, swept) is None
+    assert scale_note(base, [r for r in demo if r["method"] != "bssn"]) is None

@@ -1,7 +1,7 @@
 """``normlab compare``: train every method over several seeds and write a report.
 
 With no arguments this is normlab's main job: the 8-Gaussian ring, methods none, sn and
-bssn, three seeds each, in parallel on every core (4.5 min on 2), ending with the results
+bssn, three seeds each, in parallel on every core (4.4 min on 2), ending with the results
 table printed and ``runs/compare-ring8/report.md`` written. An interrupted study resumes
 where it stopped when run again with the same --out.
 

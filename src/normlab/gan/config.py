@@ -25,6 +25,8 @@ from normlab.gan.models import ARCHS
 from normlab.gan.schedule import LR_SCHEDULES
 from normlab.reparam import D_ONLY_METHODS, DEFAULT_SCALE, METHODS, SCALED_METHODS
 
+#: The initialisations ``init`` accepts.
+INITS = ("default", "he")
 #: The losses ``loss`` accepts.
 LOSSES = ("hinge", "ns", "wgan-gp")
 #: The precisions ``precision`` accepts: float32, or autocast to bfloat16 / float16.
@@ -65,14 +67,19 @@ _MIXTURE_PRESET: dict[str, Any] = {
 #: 128 1%. z_dim: 2 (PacGAN's) gives SN 64% at 2.5k but the unnormalized GAN then covers all 8
 #: modes too (62-75% HQ, seeds 0-1), 4 and 8 keep its collapse (3 modes) with SN at 38% / 50%
 #: (8: 74% at 4k, BSSN 76%), against 68% at z_dim 16: kept at 16. So: twice the first lrs, EMA
-#: 0.99 of G for evaluation, 4k steps (``make demo``: none / sn / bssn x 3 seeds in 4.5 min on 2
-#: cores), evaluations every 500 (the converged check looks at the last 3). 3 seeds at 4k steps:
-#: SN 8 modes, 70% HQ; BSSN (c 1.2) 8 modes, 72%; no normalization 2.3 modes. HQ still rose
-#: by 4-8 points from 3.5k to 4k steps, so 8 of 9 runs are not converged; PacGAN's level (>= 95%
-#: HQ, 400k steps) is not reached at this budget.
+#: 0.99 of G for evaluation, evaluations every 500 (the converged check looks at the last 3).
+#: At 4k steps (3 seeds: SN 70% HQ, BSSN 72%) HQ still rose by 4-8 points from 3.5k to 4k.
+#: Width 32 follows width 64's HQ curve step for step (SN seed 0: 70% / 81% at 4k / 6k, both)
+#: at 3/4 of the time, so the preset trains 8k steps at width 32 (``make demo``: none / sn /
+#: bssn x 3 seeds in 4 min 22 s on 2 cores; SN 83% HQ, BSSN 85%, the 6 SN-family runs converged,
+#: no normalization 3.3 modes, mode-hopping). Batch 512 (1.08x the time of a step) rises faster
+#: (SN seed 1: 85% at 8k against 80%) but lets the unnormalized GAN cover 3-7 modes; a linear
+#: lr decay over the last 40% gives the same HQ (79% at 8k), flatter. PacGAN's level (>= 95%
+#: HQ, 400k steps) is not reached at this budget: SN reaches 88%, BSSN (c 2) 92% at 10k steps.
 _RING8_PRESET: dict[str, Any] = {
     **_MIXTURE_PRESET,
-    "steps": 4000,
+    "steps": 8000,
+    "width": 32,
     "lr_d": 1e-3,
     "lr_g": 4e-4,
     "ema": 0.99,
@@ -171,6 +178,12 @@ class TrainConfig:
     #: Std of a normal initialisation of every weight of G and D, biases zero (PacGAN: 0.02);
     #: 0: PyTorch's default initialisation.
     init_std: float = 0.0
+    #: ``default``: PyTorch's (or ``init_std``'s) initialisation; ``he``: every linear/conv
+    #: weight of G and D from ``N(0, 2 / fan_in)``, biases zero, drawn as equalized lr draws
+    #: its raw weights (so with the same seed the initial effective weights equal eqlr's):
+    #: the ablation that separates eqlr's init from its runtime scaling. Networks under eqlr
+    #: keep their own draw, so ``--methods none,eqlr --set init=he`` pairs equal inits.
+    init: str = "default"
     #: Learning-rate schedule of both optimizers over ``steps``: ``none``, ``linear`` (to 0),
     #: ``cosine`` (``normlab.gan.schedule``).
     lr_decay: str = "none"
@@ -309,6 +322,7 @@ class TrainConfig:
                 raise ValueError(f"{name} must be one of {', '.join(options)}; got {value!r}")
 
         choice("arch", self.arch, ARCHS)
+        choice("init", self.init, INITS)
         choice("method", self.method, METHODS)
         choice("d_method", self.d_method, METHODS)
         choice("g_method", self.g_method, METHODS)
@@ -371,6 +385,11 @@ class TrainConfig:
             )
         if not (math.isfinite(self.init_std) and self.init_std >= 0):
             raise ValueError(f"init_std must be >= 0 (0: default init), got {self.init_std!r}")
+        if self.init != "default" and self.init_std:
+            raise ValueError(
+                f"init={self.init!r} and init_std={self.init_std!r} both set the weights' "
+                "initialisation: leave init_std at 0 or init at 'default'"
+            )
         for name in ("eval_every", "ckpt_every", "sample_every", "seed", "threads", "gp_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")

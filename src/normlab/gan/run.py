@@ -3,6 +3,7 @@ and a run folder's config and latest checkpoint loaded back."""
 
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from normlab.data import Data, load_data
 from normlab.gan.checkpoint import CheckpointError, latest_checkpoint
 from normlab.gan.config import SCALED_METHODS, TrainConfig
 from normlab.gan.models import build_models
+from normlab.reparam import fan_in
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
@@ -36,6 +38,7 @@ SIGNATURE_FIELDS = (
     "g_batchnorm",
     "pack",
     "init_std",
+    "init",
     "loss",
     "batch_size",
     "seed",
@@ -76,6 +79,19 @@ def init_normal(model: nn.Module, std: float) -> None:
                     m.bias.zero_()
 
 
+def init_he(model: nn.Module) -> None:
+    """He's initialisation: every linear/conv weight of ``model`` from ``N(0, 2 / fan_in)``,
+    biases zero, drawn as ``nl.apply(model, "eqlr")`` draws its raw weights (a standard normal
+    per layer, in module order, here times ``sqrt(2 / fan_in)``): from the same random state
+    the weights equal eqlr's initial effective weights (``W_raw * sqrt(2) / sqrt(fan_in)``)."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Linear | nn.Conv2d | nn.ConvTranspose2d):
+                m.weight.normal_(0.0, 1.0).mul_(math.sqrt(2.0 / fan_in(m)))
+                if m.bias is not None:
+                    m.bias.zero_()
+
+
 def build_networks(cfg: TrainConfig, data: Data) -> tuple[nn.Module, nn.Module]:
     """``(G, D)`` of a resolved ``cfg``: seeded init, methods applied, on ``cfg.device``."""
     with torch.random.fork_rng(devices=[]):
@@ -95,6 +111,10 @@ def build_networks(cfg: TrainConfig, data: Data) -> tuple[nn.Module, nn.Module]:
         if cfg.init_std:
             init_normal(G, cfg.init_std)
             init_normal(D, cfg.init_std)
+        if cfg.init == "he":  # where (and in the order) eqlr re-draws its weights
+            for net, method in ((D, cfg.d_method), (G, cfg.g_method)):
+                if method != "eqlr":  # eqlr draws its own He-scaled weights just below
+                    init_he(net)
         _apply(D, cfg.d_method, cfg.scale)
         _apply(G, cfg.g_method, cfg.scale)
         if cfg.d_method == "sn_exact" or cfg.g_method == "sn_exact":
@@ -125,10 +145,12 @@ def check_compatible(payload: dict[str, Any], cfg: TrainConfig, path: Path) -> N
     """Raise ``CheckpointError`` if ``payload`` was saved by a run of another kind than ``cfg``."""
     saved = payload.get("signature") or {}
     ours = signature(cfg)
+    # A field added after the checkpoint was written held its default then.
+    fields = TrainConfig.__dataclass_fields__
     diffs = [
-        f"{k}: checkpoint {saved.get(k)!r}, this run {v!r}"
+        f"{k}: checkpoint {saved.get(k, fields[k].default)!r}, this run {v!r}"
         for k, v in ours.items()
-        if saved.get(k) != v
+        if saved.get(k, fields[k].default) != v
     ]
     if diffs:
         raise CheckpointError(

@@ -17,6 +17,8 @@ from typing import Any
 
 from normlab.data.stacked import STACKED_SPEC
 from normlab.gan.config import TrainConfig
+from normlab.reparam import SCALED_METHODS
+from normlab.reparam.registry import DEFAULT_SCALE
 from normlab.study.convergence import check_run
 from normlab.study.grid import RunSpec, build_grid
 from normlab.study.report import write_report, write_results
@@ -52,6 +54,10 @@ def _record(spec: RunSpec, outcome: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+#: The ring8 preset's scale sweep (30 runs), timed on 2 cores, for the report's pointer to it.
+SWEEP_MINUTES_RING8 = "about 15 minutes"
+
+
 def report_notes(base: TrainConfig) -> list[str]:
     """Caveats the report must state for this data."""
     notes = []
@@ -83,6 +89,23 @@ def report_notes(base: TrainConfig) -> list[str]:
             "--inception-weights FILE for the standard FID network."
         )
     return notes
+
+
+def scale_note(base: TrainConfig, records: list[dict[str, Any]]) -> str | None:
+    """Where the scale knob's figure is, for a study whose scaled methods ran at one ``c``."""
+    scaled = sorted({r["method"] for r in records if r["method"] in SCALED_METHODS})
+    if not scaled or any(r.get("scale") is not None for r in records):
+        return None
+    c = base.scale if base.scale is not None else DEFAULT_SCALE
+    names = "/".join(scaled)
+    cost = f"; 30 runs, {SWEEP_MINUTES_RING8} on 2 cores" if base.data == "ring8" else ""
+    return (
+        f"The scale knob (Lin et al.): {names} ran at one c here (c = {c:g}). Their claim, "
+        "that some c above SN's implicit 1 beats plain SN and too large a c loses modes, "
+        "needs c swept: `normlab compare --methods ssn,bssn --scale 0.5,1,1.5,2,3` with "
+        "this study's data and settings draws every metric against c, 95% bands, SN's level "
+        f"beside (scale_sweep.png{cost})."
+    )
 
 
 def report_sections(base: TrainConfig) -> list[str]:
@@ -151,7 +174,7 @@ def run_study(
             records,
             out,
             command=command,
-            notes=report_notes(base),
+            notes=[*report_notes(base), *filter(None, [scale_note(base, records)])],
             sections=report_sections(base),
         )
     return records

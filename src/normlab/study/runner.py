@@ -3,7 +3,8 @@
 Each run trains in its own process with one torch thread (``workers`` processes then use
 ``workers`` cores without oversubscription). A run whose folder already holds a final
 ``metrics.json`` is not redone; one that holds checkpoints but no final metrics resumes
-from its newest checkpoint. A run that raises is recorded as ``failed`` with its error,
+from its newest checkpoint; one that holds no checkpoint (it failed or was stopped as it
+started) starts over. A run that raises is recorded as ``failed`` with its error,
 and one that diverges as ``diverged``: neither stops the study. Started by ``torchrun``,
 the runs go one after the other, each trained with DDP over all the ranks.
 
@@ -26,7 +27,8 @@ interpreter, 9 runs x 4 s of the default study's 2 cores (``START_METHOD``).
 Order. The pool starts the runs expected to take longest first (``longest_first``): with
 fewer workers than runs, the last runs to start are then the short ones, and the study's
 end is not one long run training alone while the other cores idle (the default ring8 study,
-9 runs on 2 cores: 5 min 19 s in grid order, 4 min 34 s longest first, same results).
+9 runs on 2 cores of the 4,000-step preset: 5 min 19 s in grid order, 4 min 34 s longest
+first, same results).
 Outcomes are reported as runs end; the study keeps its records in grid order.
 """
 
@@ -35,6 +37,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -147,6 +150,10 @@ def _train_one(spec: RunSpec, stop=None) -> dict[str, Any]:
         return _interrupted(spec, "stopped before it started")
     try:
         resume = _has_checkpoint(spec.run_dir)
+        if not resume and spec.run_dir.is_dir():
+            # Started before (its config written) but no checkpoint: a run that failed or was
+            # stopped at its start. Nothing to resume, so it starts over.
+            shutil.rmtree(spec.run_dir)
         out = train(spec.config, spec.run_dir, resume=resume, progress=False, stop=stop)
         return {
             "status": out["status"],
