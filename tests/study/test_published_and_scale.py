@@ -107,3 +107,21 @@ def test_a_study_without_a_sweep_says_where_the_scale_figure_is(tmp_path):
     swept = [_rec("bssn", s, c, 8, 0.8, tmp_path) for c in (1.0, 2.0) for s in range(3)]
     assert scale_note(base, swept) is None
     assert scale_note(base, [r for r in demo if r["method"] != "bssn"]) is None
+
+
+def test_a_method_whose_values_equal_anothers_says_so_in_the_legend(tmp_path):
+    """SSN and BSSN read the same sigma on an MLP: identical lines, one hidden under the other
+    unless the legend says so."""
+    from normlab.study.scale_plot import _labels
+
+    recs = []
+    for method in ("ssn", "bssn"):
+        for c, modes in [(1.0, [8, 7, 8]), (2.0, [2, 1, 2])]:
+            recs += [_rec(method, s, c, m, 0.3 * c, tmp_path) for s, m in enumerate(modes)]
+    metrics = ["modes_covered", "high_quality_frac"]
+    curves = {m: scale_curves(recs, m) for m in metrics}
+    assert _labels(curves) == {"ssn": "ssn", "bssn": "bssn (= ssn)"}
+    recs[-1]["metrics"]["high_quality_frac"] += 0.01  # one value of one panel differs
+    curves = {m: scale_curves(recs, m) for m in metrics}
+    assert _labels(curves) == {"ssn": "ssn", "bssn": "bssn"}
+    assert plot_scale_sweep(recs, metrics, tmp_path) is not None

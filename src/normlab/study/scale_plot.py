@@ -57,6 +57,26 @@ def is_scale_sweep(records: list[dict[str, Any]]) -> bool:
     return any(len(s) >= 2 for s in scales.values())
 
 
+#: (dashes, marker) of the scaled methods' lines, in turn.
+LINE_STYLES = (("-", "o"), ("--", "x"), (":", "s"), ("-.", "^"))
+
+
+def _labels(all_curves: dict[str, dict[str, list]]) -> dict[str, str]:
+    """Each method's legend label; ``"ssn (= bssn)"`` when its values equal an earlier
+    method's in every panel (as SSN's and BSSN's do on MLPs, whose layers are matrices: both
+    read the same sigma)."""
+    methods = list(dict.fromkeys(m for curves in all_curves.values() for m in curves))
+    labels = {}
+    for i, method in enumerate(methods):
+        same = [
+            other
+            for other in methods[:i]
+            if all(curves.get(method) == curves.get(other) for curves in all_curves.values())
+        ]
+        labels[method] = f"{method} (= {same[0]})" if same else method
+    return labels
+
+
 def plot_scale_sweep(records: list[dict[str, Any]], metrics: list[str], out: Path) -> Path | None:
     """``scale_sweep.png`` in ``out`` (None when the study sweeps no scale)."""
     if not metrics or not is_scale_sweep(records):
@@ -65,15 +85,19 @@ def plot_scale_sweep(records: list[dict[str, Any]], metrics: list[str], out: Pat
     fig, axes = _grid(plt, len(metrics), size=3.8)
     unscaled = sorted({r["method"] for r in records if r.get("scale") is None})
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    all_curves = {metric: scale_curves(records, metric) for metric in metrics}
+    labels = _labels(all_curves)
     for ax, metric in zip(axes, metrics):
-        curves = scale_curves(records, metric)
+        curves = all_curves[metric]
         lo_c = min(c for rows in curves.values() for c, *_ in rows) if curves else 0.0
         hi_c = max(c for rows in curves.values() for c, *_ in rows) if curves else 1.0
         k = 0
         for method, rows in curves.items():
             c, mean, low, high = (np.array(col, dtype=float) for col in zip(*rows))
             color = colors[k % len(colors)]
-            ax.plot(c, mean, marker="o", color=color, label=method)
+            # Distinct dashes and markers, so that a line drawn over another stays visible.
+            dash, marker = LINE_STYLES[k % len(LINE_STYLES)]
+            ax.plot(c, mean, linestyle=dash, marker=marker, color=color, label=labels[method])
             band = np.isfinite(low) & np.isfinite(high)
             if band.any():
                 ax.fill_between(c[band], low[band], high[band], color=color, alpha=0.2)
