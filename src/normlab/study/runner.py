@@ -62,7 +62,7 @@ WATCHDOG_PERIOD = 0.5
 #: How worker processes start: forked from a fork server (Unix), else spawned.
 START_METHOD = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
 #: What the fork server imports once, before it forks any worker.
-PRELOAD = ["torch", "torch._dynamo", "normlab.study.runner"]
+PRELOAD = ["torch", "torch._dynamo", "normlab.study.runner", "normlab.gan.trainer"]
 #: A training step's cost relative to no normalization, by method, for the order in which the
 #: pool starts runs (only the order matters). Measured on the default ring8 study's MLPs, where
 #: a method's cost per layer call shows most (runs of 4,000 steps, 2 at a time: none 41-50 s,
