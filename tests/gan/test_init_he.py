@@ -34,7 +34,7 @@ def test_he_init_equals_eqlrs_initial_effective_weights(data):
         for x, y in zip(wa, wb):
             torch.testing.assert_close(x, y, rtol=1e-6, atol=0)
         biases = [m.bias for m in a.modules() if isinstance(m, LAYERS) and m.bias is not None]
-        assert all(float(b.abs().max()) == 0.0 for b in biases)
+        assert all(float(b.detach().abs().max()) == 0.0 for b in biases)
     default = TrainConfig.preset(data, method="none").resolved()
     plain = _weights(build_networks(default, load_run_data(default))[1])
     assert any(not torch.equal(x, y) for x, y in zip(plain, _weights(nets_he[1])))
