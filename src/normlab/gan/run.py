@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -68,15 +69,21 @@ def _apply(model: nn.Module, method: str, scale: float | None) -> None:
     nl.apply(model, method, **kwargs)
 
 
-def init_normal(model: nn.Module, std: float) -> None:
-    """Every linear/conv weight of ``model`` drawn from ``N(0, std^2)``, their biases zero
-    (PacGAN's ``IsotropicGaussian(0.02)``); BatchNorm keeps its (1, 0) affine init."""
+def _reinit(model: nn.Module, draw: Callable[[nn.Module], None]) -> None:
+    """``draw(layer)`` fills the weight of every linear/conv layer of ``model``, in module
+    order; their biases are zeroed; BatchNorm keeps its (1, 0) affine init."""
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, nn.Linear | nn.Conv2d | nn.ConvTranspose2d):
-                m.weight.normal_(0.0, std)
+                draw(m)
                 if m.bias is not None:
                     m.bias.zero_()
+
+
+def init_normal(model: nn.Module, std: float) -> None:
+    """Every linear/conv weight of ``model`` drawn from ``N(0, std^2)``, their biases zero
+    (PacGAN's ``IsotropicGaussian(0.02)``)."""
+    _reinit(model, lambda m: m.weight.normal_(0.0, std))
 
 
 def init_he(model: nn.Module) -> None:
@@ -84,12 +91,7 @@ def init_he(model: nn.Module) -> None:
     biases zero, drawn as ``nl.apply(model, "eqlr")`` draws its raw weights (a standard normal
     per layer, in module order, here times ``sqrt(2 / fan_in)``): from the same random state
     the weights equal eqlr's initial effective weights (``W_raw * sqrt(2) / sqrt(fan_in)``)."""
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.Linear | nn.Conv2d | nn.ConvTranspose2d):
-                m.weight.normal_(0.0, 1.0).mul_(math.sqrt(2.0 / fan_in(m)))
-                if m.bias is not None:
-                    m.bias.zero_()
+    _reinit(model, lambda m: m.weight.normal_(0.0, 1.0).mul_(math.sqrt(2.0 / fan_in(m))))
 
 
 def build_networks(cfg: TrainConfig, data: Data) -> tuple[nn.Module, nn.Module]:
