@@ -69,7 +69,7 @@ _MIXTURE_PRESET: dict[str, Any] = {
 #: (8: 74% at 4k, BSSN 76%), against 68% at z_dim 16: kept at 16. So: twice the first lrs, EMA
 #: 0.99 of G for evaluation, evaluations every 500 (the converged check looks at the last 3).
 #: At 4k steps (3 seeds: SN 70% HQ, BSSN 72%) HQ still rose by 4-8 points from 3.5k to 4k.
-#: Width 32 follows width 64's HQ curve step for step (SN seed 0: 70% / 81% at 4k / 6k, both)
+#: Width 32 follows width 64's HQ curve (SN seed 0: 70% / 81% at 4k / 6k against 68% / 80%)
 #: at 3/4 of the time, so the preset trains 8k steps at width 32 (``make demo``: none / sn /
 #: bssn x 3 seeds in 4 min 22 s on 2 cores; SN 83% HQ, BSSN 85%, the 6 SN-family runs converged,
 #: no normalization 3.3 modes, mode-hopping). Batch 512 (1.08x the time of a step) rises faster

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from normlab.gan.config import TrainConfig
-from normlab.study.compare import _record, report_notes, scale_note
+from normlab.study.compare import _record, report_notes
 from normlab.study.grid import RunSpec, build_grid
 from normlab.study.launchers import STATE_FILE
 from normlab.study.report import write_report, write_results
@@ -66,7 +66,7 @@ def collect_study(
             f"no run of this grid has ended in {str(out)!r} yet ({len(runs)} runs expected under "
             f"{out / 'runs'}); check --out and the grid's options (--methods, --seeds, --scale)"
         )
-    notes = [*report_notes(base), *filter(None, [scale_note(base, records)])]
+    notes = report_notes(base, records)
     if missing:
         names = ", ".join(f"{s.group} seed {s.seed}" for s in missing)
         notes.insert(0, f"{len(missing)} of {len(runs)} runs have not finished yet: {names}.")

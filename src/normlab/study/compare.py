@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +58,9 @@ def _record(spec: RunSpec, outcome: dict[str, Any]) -> dict[str, Any]:
 SWEEP_MINUTES_RING8 = "about 15 minutes"
 
 
-def report_notes(base: TrainConfig) -> list[str]:
-    """Caveats the report must state for this data."""
+def report_notes(base: TrainConfig, records: Sequence[dict[str, Any]] = ()) -> list[str]:
+    """Caveats the report must state for this data, and for these ``records`` where the
+    study's scaled methods ran at one ``c``, where the scale knob's figure is."""
     notes = []
     if base.is_mixture:
         notes.append(
@@ -88,10 +89,13 @@ def report_notes(base: TrainConfig) -> list[str]:
             "methods within this report, and are not comparable to published FIDs. Pass "
             "--inception-weights FILE for the standard FID network."
         )
+    scale = scale_note(base, records)
+    if scale is not None:
+        notes.append(scale)
     return notes
 
 
-def scale_note(base: TrainConfig, records: list[dict[str, Any]]) -> str | None:
+def scale_note(base: TrainConfig, records: Sequence[dict[str, Any]]) -> str | None:
     """Where the scale knob's figure is, for a study whose scaled methods ran at one ``c``."""
     scaled = sorted({r["method"] for r in records if r["method"] in SCALED_METHODS})
     if not scaled or any(r.get("scale") is not None for r in records):
@@ -174,7 +178,7 @@ def run_study(
             records,
             out,
             command=command,
-            notes=[*report_notes(base), *filter(None, [scale_note(base, records)])],
+            notes=report_notes(base, records),
             sections=report_sections(base),
         )
     return records
